@@ -1,0 +1,153 @@
+"""`mmfed` command line (typer + rich). Commands only parse options and print; the work is in modules."""
+
+from __future__ import annotations
+
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mmfed.errors import MMFedError
+
+app = typer.Typer(help="Federated, privacy-preserving multimodal learning.", no_args_is_help=True)
+data_app = typer.Typer(help="Site data: check a site directory, build scenario site directories.")
+app.add_typer(data_app, name="data")
+console = Console()
+
+
+class Fusion(str, Enum):
+    early = "early"
+    late = "late"
+    attention = "attention"
+
+
+class OnBadRow(str, Enum):
+    fail = "fail"
+    skip = "skip"
+
+
+ScenarioOpt = Annotated[str, typer.Option(help="digits-av (embedded), fsdd-mnist (needs --data-dir), synthetic")]
+DataDirOpt = Annotated[Path | None, typer.Option(help="folder with the real data a scenario reads (fsdd-mnist)")]
+CacheOpt = Annotated[Path | None, typer.Option(help="where scenarios and features are cached [$MMFED_CACHE_DIR]")]
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[bold red]error:[/] {exc}", soft_wrap=True, highlight=False)
+    raise typer.Exit(2)
+
+
+def _scenario(name: str, data_dir: Path | None, cache_dir: Path | None, site_dirs: list[Path] | None, seed: int):
+    from mmfed.data.scenarios import from_site_dirs, prepare_scenario
+
+    if site_dirs:
+        return from_site_dirs(site_dirs)
+    with console.status(f"preparing scenario {name} (built once, then cached)"):
+        return prepare_scenario(name, data_dir=data_dir, cache_dir=cache_dir, seed=seed)
+
+
+@app.command()
+def train(
+    scenario: ScenarioOpt = "digits-av",
+    data_dir: DataDirOpt = None,
+    site_dir: Annotated[list[Path] | None, typer.Option(help="train on your own site directory (repeatable)")] = None,
+    modalities: Annotated[str | None, typer.Option(help="comma list, e.g. image,audio [all the data has]")] = None,
+    fusion: Fusion = Fusion.attention,
+    image_encoder: Annotated[str, typer.Option(help="cnn or resnet18")] = "cnn",
+    text_encoder: Annotated[str, typer.Option(help="bert-small or minilm (pretrained, offline)")] = "bert-small",
+    epochs: int = 10,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    seed: int = 0,
+    augment: Annotated[bool, typer.Option(help="audio/image augmentation while training")] = True,
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:N")] = "auto",
+    on_bad_row: Annotated[OnBadRow, typer.Option(help="fail, or skip bad manifest rows (report in run dir)")] = OnBadRow.fail,
+    run_dir: Annotated[Path | None, typer.Option(help="new directory for results [runs/train-...]")] = None,
+    cache_dir: CacheOpt = None,
+) -> None:
+    """Centralised baseline: pool all sites' data, train, evaluate on the test split."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from mmfed.config import TrainConfig
+    from mmfed.train.centralized import Progress as Hooks
+    from mmfed.train.centralized import train_centralized
+
+    run_dir = run_dir or Path("runs") / f"train-{scenario if not site_dir else 'sites'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        scen = _scenario(scenario, data_dir, cache_dir, site_dir, seed)
+        cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, augment=augment, device=device)
+        bar = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console)
+        state: dict = {}
+
+        def on_start(n_epochs: int, batches: int) -> None:
+            state["task"] = bar.add_task("train", total=n_epochs * batches, epoch=f"1/{n_epochs}", info="")
+            state["epochs"] = n_epochs
+
+        def on_epoch(epoch: int, row: dict) -> None:
+            info = f"loss {row['train_loss']:.3f}  test acc {row['test_accuracy']:.2%}"
+            bar.update(state["task"], epoch=f"{min(epoch + 1, state['epochs'])}/{state['epochs']}", info=info)
+            console.log(f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.2%} | "
+                        f"test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.2%} | {row['seconds']:.1f}s")
+
+        hooks = Hooks(on_start=on_start, on_batch=lambda: bar.advance(state["task"]), on_epoch=on_epoch)
+        with bar:
+            summary = train_centralized(
+                scen, run_dir, modalities=modalities,
+                model_options={"fusion": fusion.value, "image_encoder": image_encoder, "text_encoder": text_encoder},
+                train=cfg, on_bad_row=on_bad_row.value, cache_dir=cache_dir, progress=hooks,
+            )
+    except (MMFedError, ValueError, FloatingPointError) as exc:
+        _fail(exc)
+    console.print(f"[bold green]test accuracy {summary['test_accuracy']:.2%}[/] on {summary['test_examples']} "
+                  f"examples after {summary['epochs']} epochs ({summary['seconds']:.0f}s)")
+    console.print(f"results: {run_dir}/  (config.json, metrics.jsonl, summary.json, model.safetensors)")
+
+
+@data_app.command("check")
+def data_check(
+    site_dir: Path,
+    on_bad_row: OnBadRow = OnBadRow.fail,
+    report: Annotated[Path | None, typer.Option(help="where skip writes its report [SITE_DIR/../NAME-skipped.csv]")] = None,
+) -> None:
+    """Validate a site directory's manifest.csv and every file it names; list every problem."""
+    from mmfed.data.manifest import load_manifest
+
+    report = report or site_dir.parent / f"{site_dir.name}-skipped.csv"
+    try:
+        manifest = load_manifest(site_dir, on_bad_row=on_bad_row.value, report_path=report)
+    except MMFedError as exc:
+        _fail(exc)
+    table = Table(title=f"{site_dir}")
+    for col in ("split", "samples", *manifest.modality_counts().keys()):
+        table.add_column(col)
+    for split in ("train", "val", "test"):
+        rows = manifest.split(split)
+        if rows:
+            counts = [str(sum(getattr(s, m) is not None for s in rows)) for m in manifest.modality_counts()]
+            table.add_row(split, str(len(rows)), *counts)
+    console.print(table)
+    console.print(f"labels ({len(manifest.labels)}): {', '.join(manifest.labels)}")
+    if manifest.skipped:
+        console.print(f"[yellow]{len(manifest.skipped)} bad row(s) skipped; report: {report}[/]")
+    else:
+        console.print("[green]no problems found[/]")
+
+
+@data_app.command("prepare")
+def data_prepare(scenario: ScenarioOpt = "digits-av", data_dir: DataDirOpt = None, cache_dir: CacheOpt = None,
+                 seed: int = 0) -> None:
+    """Build a scenario's site directories (once) and print where they are."""
+    try:
+        scen = _scenario(scenario, data_dir, cache_dir, None, seed)
+    except MMFedError as exc:
+        _fail(exc)
+    for site in scen.sites:
+        console.print(str(site))
+
+
+if __name__ == "__main__":
+    app()

