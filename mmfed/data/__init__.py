@@ -1,0 +1,1 @@
+"""Site data: manifest format, per-modality processing, datasets, partitioners, scenarios."""

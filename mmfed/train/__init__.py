@@ -1,0 +1,1 @@
+"""Local training: train/evaluate loops and the centralised baseline."""
