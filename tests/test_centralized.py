@@ -1,0 +1,91 @@
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mmfed.checkpoint import load_checkpoint
+from mmfed.cli import app
+from mmfed.config import ModelConfig, TrainConfig
+from mmfed.data.scenarios import from_site_dirs, prepare_scenario
+from mmfed.errors import MMFedError
+from mmfed.models import build_model
+from mmfed.train.centralized import train_centralized
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return prepare_scenario("synthetic", cache_dir=tmp_path_factory.mktemp("c"), num_sites=2, samples_per_site=40)
+
+
+def test_run_dir_contents_and_checkpoint_round_trip(tiny, tmp_path):
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=3e-3, seed=1)
+    summary = train_centralized(tiny, tmp_path / "run", modalities="image,audio", train=cfg,
+                                model_options={"fusion": "late"})
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} >= {"config.json", "metrics.jsonl", "summary.json", "model.safetensors",
+                                                "model.json"}
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert rows[-1]["test_accuracy"] == summary["test_accuracy"]
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["modalities"] == ["image", "audio"] and config["examples"]["train"] == 64
+    # the checkpoint rebuilds the same model from its own metadata
+    meta = json.loads((run / "model.json").read_text())
+    model = build_model(ModelConfig(**{**meta["model"], "modalities": tuple(meta["model"]["modalities"])}))
+    assert load_checkpoint(model, run / "model.safetensors")["labels"] == tiny.labels
+    with pytest.raises(MMFedError, match="not empty"):
+        train_centralized(tiny, run, train=cfg)
+    assert json.loads((run / "summary.json").read_text()) == summary  # nothing overwritten
+
+
+def test_same_seed_same_model(tiny, tmp_path):
+    cfg = TrainConfig(epochs=1, batch_size=16, seed=3)
+    train_centralized(tiny, tmp_path / "a", modalities="image,text", train=cfg)
+    train_centralized(tiny, tmp_path / "b", modalities="image,text", train=cfg)
+    from safetensors.torch import load_file
+
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_modality_the_data_lacks_is_refused(tiny, tmp_path):
+    with pytest.raises(MMFedError, match="no video"):
+        train_centralized(tiny, tmp_path / "r", modalities="video")
+
+
+def test_cli_train_on_own_site_dirs_with_skip(tiny, tmp_path):
+    site = tiny.sites[0]
+    bad = tmp_path / "site"
+    import shutil
+
+    shutil.copytree(site, bad)
+    with (bad / "manifest.csv").open("a") as fh:
+        fh.write("extra1,7,train,image/missing.png,,,\n")
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", "--site-dir", str(bad), "--site-dir", str(tiny.sites[1]),
+                                 "--modalities", "image,audio", "--epochs", "1", "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "row 41" in result.output and "missing.png" in result.output
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+    result = runner.invoke(app, ["train", "--site-dir", str(bad), "--site-dir", str(tiny.sites[1]),
+                                 "--modalities", "image,audio", "--epochs", "1", "--on-bad-row", "skip",
+                                 "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "test accuracy" in result.output and str(tmp_path / "run") in result.output
+    report = (tmp_path / "run" / "skipped_rows_site.csv").read_text()
+    assert "extra1" in report and "missing.png" in report
+
+
+def test_cli_data_check(tiny, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["data", "check", str(tiny.sites[0])])
+    assert result.exit_code == 0 and "no problems found" in result.output
+    (tmp_path / "manifest.csv").write_text("id,label,split,image\n1,a,train,x.png\n2,b,train,\n")
+    result = runner.invoke(app, ["data", "check", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "row 1" in result.output and "x.png" in result.output and "row 2" in result.output
+
+
+def test_site_dirs_scenario(tiny):
+    assert from_site_dirs(tiny.sites).modalities == ("image", "audio", "text")
