@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -19,20 +19,26 @@ app.add_typer(data_app, name="data")
 console = Console()
 
 
-class Fusion(str, Enum):
+class Fusion(StrEnum):
     early = "early"
     late = "late"
     attention = "attention"
 
 
-class OnBadRow(str, Enum):
+class OnBadRow(StrEnum):
     fail = "fail"
     skip = "skip"
 
 
-ScenarioOpt = Annotated[str, typer.Option(help="digits-av (embedded), fsdd-mnist (needs --data-dir), synthetic")]
-DataDirOpt = Annotated[Path | None, typer.Option(help="folder with the real data a scenario reads (fsdd-mnist)")]
-CacheOpt = Annotated[Path | None, typer.Option(help="where scenarios and features are cached [$MMFED_CACHE_DIR]")]
+ScenarioOpt = Annotated[
+    str, typer.Option(help="digits-av (embedded), fsdd-mnist (needs --data-dir), synthetic")
+]
+DataDirOpt = Annotated[
+    Path | None, typer.Option(help="folder with the real data a scenario reads (fsdd-mnist)")
+]
+CacheOpt = Annotated[
+    Path | None, typer.Option(help="where scenarios and features are cached [$MMFED_CACHE_DIR]")
+]
 
 
 def _fail(exc: Exception) -> None:
@@ -40,7 +46,9 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(2)
 
 
-def _scenario(name: str, data_dir: Path | None, cache_dir: Path | None, site_dirs: list[Path] | None, seed: int):
+def _scenario(
+    name: str, data_dir: Path | None, cache_dir: Path | None, site_dirs: list[Path] | None, seed: int
+):
     from mmfed.data.scenarios import from_site_dirs, prepare_scenario
 
     if site_dirs:
@@ -53,18 +61,26 @@ def _scenario(name: str, data_dir: Path | None, cache_dir: Path | None, site_dir
 def train(
     scenario: ScenarioOpt = "digits-av",
     data_dir: DataDirOpt = None,
-    site_dir: Annotated[list[Path] | None, typer.Option(help="train on your own site directory (repeatable)")] = None,
-    modalities: Annotated[str | None, typer.Option(help="comma list, e.g. image,audio [all the data has]")] = None,
+    site_dir: Annotated[
+        list[Path] | None, typer.Option(help="train on your own site directory (repeatable)")
+    ] = None,
+    modalities: Annotated[
+        str | None, typer.Option(help="comma list, e.g. image,audio [all the data has]")
+    ] = None,
     fusion: Fusion = Fusion.attention,
     image_encoder: Annotated[str, typer.Option(help="cnn or resnet18")] = "cnn",
-    text_encoder: Annotated[str, typer.Option(help="bert-small or minilm (pretrained, offline)")] = "bert-small",
+    text_encoder: Annotated[
+        str, typer.Option(help="bert-small or minilm (pretrained, offline)")
+    ] = "bert-small",
     epochs: int = 10,
     batch_size: int = 64,
     lr: float = 2e-3,
     seed: int = 0,
     augment: Annotated[bool, typer.Option(help="audio/image augmentation while training")] = True,
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:N")] = "auto",
-    on_bad_row: Annotated[OnBadRow, typer.Option(help="fail, or skip bad manifest rows (report in run dir)")] = OnBadRow.fail,
+    on_bad_row: Annotated[
+        OnBadRow, typer.Option(help="fail, or skip bad manifest rows (report in run dir)")
+    ] = OnBadRow.fail,
     run_dir: Annotated[Path | None, typer.Option(help="new directory for results [runs/train-...]")] = None,
     cache_dir: CacheOpt = None,
 ) -> None:
@@ -75,12 +91,23 @@ def train(
     from mmfed.train.centralized import Progress as Hooks
     from mmfed.train.centralized import train_centralized
 
-    run_dir = run_dir or Path("runs") / f"train-{scenario if not site_dir else 'sites'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = (
+        run_dir
+        or Path("runs") / f"train-{scenario if not site_dir else 'sites'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
     try:
         scen = _scenario(scenario, data_dir, cache_dir, site_dir, seed)
-        cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, augment=augment, device=device)
-        bar = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console)
+        cfg = TrainConfig(
+            epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, augment=augment, device=device
+        )
+        bar = Progress(
+            TextColumn("epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            console=console,
+        )
         state: dict = {}
 
         def on_start(n_epochs: int, batches: int) -> None:
@@ -90,20 +117,34 @@ def train(
         def on_epoch(epoch: int, row: dict) -> None:
             info = f"loss {row['train_loss']:.3f}  test acc {row['test_accuracy']:.2%}"
             bar.update(state["task"], epoch=f"{min(epoch + 1, state['epochs'])}/{state['epochs']}", info=info)
-            console.log(f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.2%} | "
-                        f"test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.2%} | {row['seconds']:.1f}s")
+            console.print(
+                f"epoch {epoch:>3}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:7.2%}  "
+                f"test loss {row['test_loss']:.4f} acc {row['test_accuracy']:7.2%}  {row['seconds']:5.1f}s",
+                highlight=False,
+            )
 
         hooks = Hooks(on_start=on_start, on_batch=lambda: bar.advance(state["task"]), on_epoch=on_epoch)
         with bar:
             summary = train_centralized(
-                scen, run_dir, modalities=modalities,
-                model_options={"fusion": fusion.value, "image_encoder": image_encoder, "text_encoder": text_encoder},
-                train=cfg, on_bad_row=on_bad_row.value, cache_dir=cache_dir, progress=hooks,
+                scen,
+                run_dir,
+                modalities=modalities,
+                model_options={
+                    "fusion": fusion.value,
+                    "image_encoder": image_encoder,
+                    "text_encoder": text_encoder,
+                },
+                train=cfg,
+                on_bad_row=on_bad_row.value,
+                cache_dir=cache_dir,
+                progress=hooks,
             )
     except (MMFedError, ValueError, FloatingPointError) as exc:
         _fail(exc)
-    console.print(f"[bold green]test accuracy {summary['test_accuracy']:.2%}[/] on {summary['test_examples']} "
-                  f"examples after {summary['epochs']} epochs ({summary['seconds']:.0f}s)")
+    console.print(
+        f"[bold green]test accuracy {summary['test_accuracy']:.2%}[/] on {summary['test_examples']} "
+        f"examples after {summary['epochs']} epochs ({summary['seconds']:.0f}s)"
+    )
     console.print(f"results: {run_dir}/  (config.json, metrics.jsonl, summary.json, model.safetensors)")
 
 
@@ -111,7 +152,9 @@ def train(
 def data_check(
     site_dir: Path,
     on_bad_row: OnBadRow = OnBadRow.fail,
-    report: Annotated[Path | None, typer.Option(help="where skip writes its report [SITE_DIR/../NAME-skipped.csv]")] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="where skip writes its report [SITE_DIR/../NAME-skipped.csv]")
+    ] = None,
 ) -> None:
     """Validate a site directory's manifest.csv and every file it names; list every problem."""
     from mmfed.data.manifest import load_manifest
@@ -138,8 +181,12 @@ def data_check(
 
 
 @data_app.command("prepare")
-def data_prepare(scenario: ScenarioOpt = "digits-av", data_dir: DataDirOpt = None, cache_dir: CacheOpt = None,
-                 seed: int = 0) -> None:
+def data_prepare(
+    scenario: ScenarioOpt = "digits-av",
+    data_dir: DataDirOpt = None,
+    cache_dir: CacheOpt = None,
+    seed: int = 0,
+) -> None:
     """Build a scenario's site directories (once) and print where they are."""
     try:
         scen = _scenario(scenario, data_dir, cache_dir, None, seed)

@@ -25,9 +25,13 @@ def _check_positive(setting: str, value: float) -> None:
         raise ConfigError(setting, f"must be > 0, got {value!r}")
 
 
-def parse_modalities(value: str | list[str] | tuple[str, ...], setting: str = "modalities") -> tuple[str, ...]:
+def parse_modalities(
+    value: str | list[str] | tuple[str, ...], setting: str = "modalities"
+) -> tuple[str, ...]:
     """'image,audio' or ['image', 'audio'] -> ('image', 'audio') in canonical order, validated."""
-    items = [v.strip() for v in value.split(",")] if isinstance(value, str) else [str(v).strip() for v in value]
+    items = (
+        [v.strip() for v in value.split(",")] if isinstance(value, str) else [str(v).strip() for v in value]
+    )
     items = [v for v in items if v]
     if not items:
         raise ConfigError(setting, f"name at least one of {', '.join(MODALITIES)}")
@@ -68,7 +72,9 @@ class AudioSpec:
         for name in ("sample_rate", "duration_s", "n_mels", "n_mfcc", "n_fft", "hop_length"):
             _check_positive(f"audio.{name}", getattr(self, name))
         if self.n_fft > self.num_samples:
-            raise ConfigError("audio.n_fft", f"{self.n_fft} is longer than the clip ({self.num_samples} samples)")
+            raise ConfigError(
+                "audio.n_fft", f"{self.n_fft} is longer than the clip ({self.num_samples} samples)"
+            )
 
 
 @dataclass(frozen=True)
@@ -91,7 +97,9 @@ class TextSpec:
 
     def validate(self) -> None:
         if self.max_length < 2:
-            raise ConfigError("text.max_length", f"must be >= 2 (room for [CLS] and [SEP]), got {self.max_length}")
+            raise ConfigError(
+                "text.max_length", f"must be >= 2 (room for [CLS] and [SEP]), got {self.max_length}"
+            )
 
 
 @dataclass(frozen=True)
@@ -143,15 +151,20 @@ class ModelConfig:
         if self.fusion not in FUSIONS:
             raise ConfigError("fusion", f"{self.fusion!r} is not one of {', '.join(FUSIONS)}")
         if self.image_encoder not in IMAGE_ENCODERS:
-            raise ConfigError("image_encoder", f"{self.image_encoder!r} is not one of {', '.join(IMAGE_ENCODERS)}")
+            raise ConfigError(
+                "image_encoder", f"{self.image_encoder!r} is not one of {', '.join(IMAGE_ENCODERS)}"
+            )
         if self.text_encoder not in TEXT_ENCODERS:
-            raise ConfigError("text_encoder", f"{self.text_encoder!r} is not one of {', '.join(TEXT_ENCODERS)}")
+            raise ConfigError(
+                "text_encoder", f"{self.text_encoder!r} is not one of {', '.join(TEXT_ENCODERS)}"
+            )
         if self.num_classes < 2:
             raise ConfigError("num_classes", f"need at least 2 classes, got {self.num_classes}")
         _check_positive("hidden_dim", self.hidden_dim)
         if self.hidden_dim % self.attention_heads:
             raise ConfigError(
-                "attention_heads", f"hidden_dim {self.hidden_dim} must be divisible by {self.attention_heads} heads"
+                "attention_heads",
+                f"hidden_dim {self.hidden_dim} must be divisible by {self.attention_heads} heads",
             )
         if not 0 <= self.dropout < 1:
             raise ConfigError("dropout", f"must be in [0, 1), got {self.dropout}")
@@ -201,7 +214,9 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     for key, value in data.items():
         if key not in known:
             raise ConfigError(f"{where}{key}", f"unknown setting; known: {', '.join(sorted(known))}")
-        default = known[key].default_factory() if known[key].default_factory is not dataclasses.MISSING else None
+        default = (
+            known[key].default_factory() if known[key].default_factory is not dataclasses.MISSING else None
+        )
         if dataclasses.is_dataclass(default) and isinstance(value, dict):
             value = from_dict(type(default), value, where=f"{where}{key}.")
         elif isinstance(value, list):

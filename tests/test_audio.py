@@ -49,7 +49,9 @@ def test_features_shape_and_per_utterance_normalisation(wav, feature, rows):
 def test_cache_skips_decoding_on_second_call_and_misses_on_edit(wav, tmp_path, monkeypatch):
     spec = AudioSpec()
     first = AudioProcessor(spec, tmp_path / "cache")(wav)
-    monkeypatch.setattr(audio_mod, "load_waveform", lambda *a: (_ for _ in ()).throw(AssertionError("decoded")))
+    monkeypatch.setattr(
+        audio_mod, "load_waveform", lambda *a: (_ for _ in ()).throw(AssertionError("decoded"))
+    )
     again = AudioProcessor(spec, tmp_path / "cache")(wav)  # a new process would see the same disk cache
     np.testing.assert_array_equal(first, again)
     # another feature setting is another cache entry (and needs decoding): no stale features
@@ -74,7 +76,9 @@ def test_augmentation_is_random_but_seeded_and_keeps_shape(wav, tmp_path):
 
 
 def test_pitch_shift_augmentation_runs(wav):
-    proc = AudioProcessor(AudioSpec(), None, audio_mod.AudioAugment(pitch_prob=1.0, noise_prob=0, speed_prob=0))
+    proc = AudioProcessor(
+        AudioSpec(), None, audio_mod.AudioAugment(pitch_prob=1.0, noise_prob=0, speed_prob=0)
+    )
     out = proc(wav, rng=np.random.default_rng(0))
     assert out.shape == proc(wav).shape and np.isfinite(out).all()
 

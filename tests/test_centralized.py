@@ -15,16 +15,24 @@ from mmfed.train.centralized import train_centralized
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    return prepare_scenario("synthetic", cache_dir=tmp_path_factory.mktemp("c"), num_sites=2, samples_per_site=40)
+    return prepare_scenario(
+        "synthetic", cache_dir=tmp_path_factory.mktemp("c"), num_sites=2, samples_per_site=40
+    )
 
 
 def test_run_dir_contents_and_checkpoint_round_trip(tiny, tmp_path):
     cfg = TrainConfig(epochs=3, batch_size=16, lr=3e-3, seed=1)
-    summary = train_centralized(tiny, tmp_path / "run", modalities="image,audio", train=cfg,
-                                model_options={"fusion": "late"})
+    summary = train_centralized(
+        tiny, tmp_path / "run", modalities="image,audio", train=cfg, model_options={"fusion": "late"}
+    )
     run = tmp_path / "run"
-    assert {p.name for p in run.iterdir()} >= {"config.json", "metrics.jsonl", "summary.json", "model.safetensors",
-                                                "model.json"}
+    assert {p.name for p in run.iterdir()} >= {
+        "config.json",
+        "metrics.jsonl",
+        "summary.json",
+        "model.safetensors",
+        "model.json",
+    }
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
@@ -64,13 +72,42 @@ def test_cli_train_on_own_site_dirs_with_skip(tiny, tmp_path):
     with (bad / "manifest.csv").open("a") as fh:
         fh.write("extra1,7,train,image/missing.png,,,\n")
     runner = CliRunner()
-    result = runner.invoke(app, ["train", "--site-dir", str(bad), "--site-dir", str(tiny.sites[1]),
-                                 "--modalities", "image,audio", "--epochs", "1", "--run-dir", str(tmp_path / "run")])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--site-dir",
+            str(bad),
+            "--site-dir",
+            str(tiny.sites[1]),
+            "--modalities",
+            "image,audio",
+            "--epochs",
+            "1",
+            "--run-dir",
+            str(tmp_path / "run"),
+        ],
+    )
     assert result.exit_code == 2 and "row 41" in result.output and "missing.png" in result.output
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
-    result = runner.invoke(app, ["train", "--site-dir", str(bad), "--site-dir", str(tiny.sites[1]),
-                                 "--modalities", "image,audio", "--epochs", "1", "--on-bad-row", "skip",
-                                 "--run-dir", str(tmp_path / "run")])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--site-dir",
+            str(bad),
+            "--site-dir",
+            str(tiny.sites[1]),
+            "--modalities",
+            "image,audio",
+            "--epochs",
+            "1",
+            "--on-bad-row",
+            "skip",
+            "--run-dir",
+            str(tmp_path / "run"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "test accuracy" in result.output and str(tmp_path / "run") in result.output
     report = (tmp_path / "run" / "skipped_rows_site.csv").read_text()

@@ -26,9 +26,7 @@ def test_presence_mask_and_collate_of_mixed_modality_samples(tmp_path):
     procs = Processors(spec, ("image", "audio", "text"), cache_dir=tmp_path / "cache")
     ds = MultimodalDataset(samples, procs)
     batch = Collate(spec, procs.modalities)([ds[i] for i in range(len(ds))])
-    assert batch["presence"].tolist() == [
-        [i % 3 != 1, i % 3 != 2, i % 2 == 0] for i in range(6)
-    ]
+    assert batch["presence"].tolist() == [[i % 3 != 1, i % 3 != 2, i % 2 == 0] for i in range(6)]
     for key, (shape, dtype) in modality_shapes(spec, procs.modalities).items():
         assert batch[key].shape == (6, *shape) and batch[key].dtype == dtype
     assert batch["image"][1].abs().sum() == 0 and batch["image"][0].abs().sum() > 0  # absent -> zeros
@@ -39,8 +37,15 @@ def test_presence_mask_and_collate_of_mixed_modality_samples(tmp_path):
 def test_run_modalities_subset_and_samples_without_any_are_left_out(tmp_path):
     site = synthetic_site(tmp_path / "syn", 1, samples=4, modalities=("image", "text"))
     rows = [{"id": "a", "label": "1", "split": "train", "text": "only text"}]
-    rows += [{"id": s.id, "label": str(s.label), "split": s.split, "image": s.image.name and f"image/{s.image.name}"}
-             for s in load_manifest(site).samples]
+    rows += [
+        {
+            "id": s.id,
+            "label": str(s.label),
+            "split": s.split,
+            "image": s.image.name and f"image/{s.image.name}",
+        }
+        for s in load_manifest(site).samples
+    ]
     write_manifest(site, rows)
     procs = Processors(DataSpec(), ["image"])
     ds = MultimodalDataset(load_manifest(site).samples, procs)

@@ -88,7 +88,10 @@ def test_each_bad_row_is_named_with_row_and_column(site, row, column, needle):
 
 
 def test_duplicate_id_names_both_rows(site):
-    write(site, "p1,normal,train,images/a.jpg,,,\np2,normal,test,images/a.jpg,,,\np1,normal,test,images/a.jpg,,,\n")
+    write(
+        site,
+        "p1,normal,train,images/a.jpg,,,\np2,normal,test,images/a.jpg,,,\np1,normal,test,images/a.jpg,,,\n",
+    )
     problems, _ = problems_of(site)
     assert [(p.row, p.column) for p in problems] == [(3, "id")]
     assert "first used on row 1" in problems[0].message
@@ -100,7 +103,9 @@ def test_empty_and_unreadable_files(site):
     os.chmod(site / "images" / "secret.png", 0)
     write(site, "p1,normal,train,images/empty.png,,,\np2,normal,train,images/secret.png,,,\n")
     try:
-        if os.access(site / "images" / "secret.png", os.R_OK):  # root reads anything: test the empty file only
+        if os.access(
+            site / "images" / "secret.png", os.R_OK
+        ):  # root reads anything: test the empty file only
             write(site, "p1,normal,train,images/empty.png,,,\np2,normal,train,images/a.jpg,,,\n")
             problems, _ = problems_of(site)
             assert [p.row for p in problems] == [1] and "empty" in problems[0].message
@@ -120,7 +125,9 @@ def test_all_problems_reported_at_once(site):
 
 
 def test_skip_drops_bad_rows_and_writes_report(site, tmp_path_factory):
-    write(site, "p1,normal,train,images/a.jpg,,,\np2,sick,train,images/a.jpg,,,\np3,normal,test,gone.png,,,\n")
+    write(
+        site, "p1,normal,train,images/a.jpg,,,\np2,sick,train,images/a.jpg,,,\np3,normal,test,gone.png,,,\n"
+    )
     before = (site / "manifest.csv").read_bytes()
     report = tmp_path_factory.mktemp("run") / "skipped.csv"
     m = load_manifest(site, on_bad_row="skip", report_path=report)
@@ -167,7 +174,13 @@ def test_missing_manifest_and_site_dir(tmp_path):
 
 
 def test_labels_without_labels_txt_sort_numerically(tmp_path):
-    write_manifest(tmp_path, [{"id": str(i), "label": str(lab), "split": "train", "text": "x"} for i, lab in enumerate([10, 2, 1])])
+    write_manifest(
+        tmp_path,
+        [
+            {"id": str(i), "label": str(lab), "split": "train", "text": "x"}
+            for i, lab in enumerate([10, 2, 1])
+        ],
+    )
     assert load_manifest(tmp_path).labels == ["1", "2", "10"]
 
 

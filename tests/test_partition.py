@@ -9,8 +9,14 @@ from mmfed.errors import ConfigError
 
 def pool(n=600, classes=10):
     return [
-        Sample(id=str(i), label=i % classes, split="test" if i % 5 == 0 else "train",
-               image=f"{i}.png", audio=f"{i}.wav", extra={"speaker": f"s{i % 3}"})
+        Sample(
+            id=str(i),
+            label=i % classes,
+            split="test" if i % 5 == 0 else "train",
+            image=f"{i}.png",
+            audio=f"{i}.wav",
+            extra={"speaker": f"s{i % 3}"},
+        )
         for i in range(n)
     ]
 

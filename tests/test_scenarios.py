@@ -12,7 +12,12 @@ from mmfed.errors import ConfigError, DataError
 
 def test_fsdd_mnist_six_speaker_sites_with_official_split(fsdd_sites):
     assert [s.name for s in fsdd_sites.sites] == [
-        "site_george", "site_jackson", "site_lucas", "site_nicolas", "site_theo", "site_yweweler"
+        "site_george",
+        "site_jackson",
+        "site_lucas",
+        "site_nicolas",
+        "site_theo",
+        "site_yweweler",
     ]
     for manifest in fsdd_sites.load_sites():
         assert len(manifest.samples) == 500
@@ -60,7 +65,9 @@ def test_synthetic_sites_are_lazy_deterministic_and_learnable_shaped(tmp_path):
     assert len(m.samples) == 10 and {s.split for s in m.samples} == {"train", "test"}
     root = sc.sites[0].parent
     assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == [
-        "site_00000", "site_00001", "site_00002"
+        "site_00000",
+        "site_00001",
+        "site_00002",
     ]  # only the sites asked for were written
     again = synthetic_site(tmp_path / "scenarios" / "synthetic", 1, 10, 10, ("image", "audio", "text"), 0)
     assert again == sc.sites[1]

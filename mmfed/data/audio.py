@@ -48,7 +48,9 @@ def load_waveform(path: Path, sample_rate: int) -> np.ndarray:
 def fit_length(y: np.ndarray, spec: AudioSpec) -> np.ndarray:
     """Trim leading/trailing silence, then centre-pad or centre-crop to exactly spec.num_samples."""
     if spec.trim_db > 0 and np.abs(y).max() > 0:
-        trimmed, _ = librosa.effects.trim(y, top_db=spec.trim_db, frame_length=spec.n_fft, hop_length=spec.hop_length)
+        trimmed, _ = librosa.effects.trim(
+            y, top_db=spec.trim_db, frame_length=spec.n_fft, hop_length=spec.hop_length
+        )
         if trimmed.size >= spec.n_fft // 4:  # never trim a quiet clip down to nothing
             y = trimmed
     n = spec.num_samples
@@ -71,7 +73,9 @@ def features(y: np.ndarray, spec: AudioSpec) -> np.ndarray:
     return feat[None].astype(np.float32)
 
 
-def augment_waveform(y: np.ndarray, spec: AudioSpec, aug: AudioAugment, rng: np.random.Generator) -> np.ndarray:
+def augment_waveform(
+    y: np.ndarray, spec: AudioSpec, aug: AudioAugment, rng: np.random.Generator
+) -> np.ndarray:
     n = y.size
     if aug.speed_prob and rng.random() < aug.speed_prob:
         rate = rng.uniform(*aug.speed_range)  # resampling changes speed and pitch together, cheaply
@@ -82,7 +86,11 @@ def augment_waveform(y: np.ndarray, spec: AudioSpec, aug: AudioAugment, rng: np.
         steps = rng.uniform(-aug.pitch_semitones, aug.pitch_semitones)
         y = librosa.effects.pitch_shift(y, sr=spec.sample_rate, n_steps=steps).astype(np.float32)
     if aug.max_shift_s:
-        shift = int(rng.integers(-int(aug.max_shift_s * spec.sample_rate), int(aug.max_shift_s * spec.sample_rate) + 1))
+        shift = int(
+            rng.integers(
+                -int(aug.max_shift_s * spec.sample_rate), int(aug.max_shift_s * spec.sample_rate) + 1
+            )
+        )
         y = np.roll(y, shift)
         if shift > 0:
             y[:shift] = 0

@@ -80,7 +80,9 @@ class MultimodalDataset(Dataset):
         return item
 
 
-def modality_shapes(spec: DataSpec, modalities: Sequence[str]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+def modality_shapes(
+    spec: DataSpec, modalities: Sequence[str]
+) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     """Per-sample shape and dtype of every tensor a batch holds for these modalities."""
     shapes: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
     if "image" in modalities:
@@ -108,7 +110,9 @@ class Collate:
         batch = {
             "label": torch.stack([it["label"] for it in items]) if n else torch.zeros(0, dtype=torch.long),
             "presence": (
-                torch.stack([it["presence"] for it in items]) if n else torch.zeros(0, len(self.modalities), dtype=torch.bool)
+                torch.stack([it["presence"] for it in items])
+                if n
+                else torch.zeros(0, len(self.modalities), dtype=torch.bool)
             ),
         }
         for key, (shape, dtype) in self.shapes.items():

@@ -141,7 +141,9 @@ def read_labels(site_dir: Path) -> list[str] | None:
     labels = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
     dupes = sorted({x for x in labels if labels.count(x) > 1})
     if dupes:
-        raise ManifestError(str(path), [RowProblem(0, 0, "label", f"label {d!r} listed twice") for d in dupes])
+        raise ManifestError(
+            str(path), [RowProblem(0, 0, "label", f"label {d!r} listed twice") for d in dupes]
+        )
     if len(labels) < 2:
         raise ManifestError(str(path), [RowProblem(0, 0, "label", "list at least two labels, one per line")])
     return labels
@@ -169,7 +171,15 @@ def load_manifest(
         raise ManifestError(str(site_dir), [RowProblem(0, 0, "-", "site directory does not exist")])
     if not path.is_file():
         raise ManifestError(
-            str(path), [RowProblem(0, 0, "-", f"no {MANIFEST_NAME}; create one with header id,label,split,image,audio,text,video")]
+            str(path),
+            [
+                RowProblem(
+                    0,
+                    0,
+                    "-",
+                    f"no {MANIFEST_NAME}; create one with header id,label,split,image,audio,text,video",
+                )
+            ],
         )
     label_names = labels if labels is not None else read_labels(site_dir)
 
@@ -261,26 +271,38 @@ def load_manifest(
     if not samples:
         raise ManifestError(str(path), problems or [RowProblem(0, 0, "-", "the manifest has no samples")])
     if len(label_names) < 2:
-        raise ManifestError(str(path), [RowProblem(0, 0, "label", "need at least two distinct labels to train")])
-    return SiteManifest(site_dir, list(label_names), samples, problems if on_bad_row == "skip" else [], extra_columns)
+        raise ManifestError(
+            str(path), [RowProblem(0, 0, "label", "need at least two distinct labels to train")]
+        )
+    return SiteManifest(
+        site_dir, list(label_names), samples, problems if on_bad_row == "skip" else [], extra_columns
+    )
 
 
 def _check_header(path: Path, header: list[str]) -> None:
     problems = []
     if len(header) == 1 and ";" in header[0]:
-        problems.append(RowProblem(0, 1, "-", "the header uses ';' — save the manifest with ',' as separator"))
+        problems.append(
+            RowProblem(0, 1, "-", "the header uses ';' — save the manifest with ',' as separator")
+        )
     for required in REQUIRED_COLUMNS:
         if required not in header:
-            problems.append(RowProblem(0, 1, required, f"required column '{required}' is missing from the header"))
+            problems.append(
+                RowProblem(0, 1, required, f"required column '{required}' is missing from the header")
+            )
     if not any(m in header for m in MODALITIES):
-        problems.append(RowProblem(0, 1, "-", f"no modality column; add at least one of {', '.join(MODALITIES)}"))
+        problems.append(
+            RowProblem(0, 1, "-", f"no modality column; add at least one of {', '.join(MODALITIES)}")
+        )
     known = REQUIRED_COLUMNS + MODALITIES
     for column in header:
         if column in known:
             continue
         close = difflib.get_close_matches(column.lower(), known, n=1, cutoff=0.75)
         if close:
-            problems.append(RowProblem(0, 1, column, f"unknown column '{column}' — did you mean '{close[0]}'?"))
+            problems.append(
+                RowProblem(0, 1, column, f"unknown column '{column}' — did you mean '{close[0]}'?")
+            )
     dupes = sorted({c for c in header if header.count(c) > 1})
     for column in dupes:
         problems.append(RowProblem(0, 1, column, f"column '{column}' appears twice in the header"))

@@ -30,7 +30,12 @@ def iid(samples: Sequence[Sample], num_sites: int, seed: int = 0) -> list[list[S
 
 
 def dirichlet(
-    samples: Sequence[Sample], num_sites: int, alpha: float, seed: int = 0, min_size: int = 2, max_tries: int = 100
+    samples: Sequence[Sample],
+    num_sites: int,
+    alpha: float,
+    seed: int = 0,
+    min_size: int = 2,
+    max_tries: int = 100,
 ) -> list[list[Sample]]:
     """Label skew: each class is shared among sites in proportions drawn from Dir(alpha).
 

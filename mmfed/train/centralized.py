@@ -40,14 +40,20 @@ def prepare_run_dir(run_dir: Path) -> Path:
     """A new or empty directory: an earlier run's results are never overwritten."""
     run_dir = Path(run_dir)
     if run_dir.exists() and any(run_dir.iterdir()):
-        raise MMFedError(f"{run_dir}: run directory is not empty; choose a new --run-dir (nothing was changed)")
+        raise MMFedError(
+            f"{run_dir}: run directory is not empty; choose a new --run-dir (nothing was changed)"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
 
-def make_loader(dataset: MultimodalDataset, collate: Collate, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
+def make_loader(
+    dataset: MultimodalDataset, collate: Collate, batch_size: int, shuffle: bool, seed: int
+) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator
+    )
 
 
 def versions() -> dict[str, str]:
@@ -83,8 +89,11 @@ def train_centralized(
     mods = parse_modalities(modalities) if modalities else scenario.modalities
     missing = [m for m in mods if m not in scenario.modalities]
     if missing:
-        raise ConfigError("modalities", f"scenario {scenario.name} has no {', '.join(missing)} data "
-                          f"(it has {', '.join(scenario.modalities)})")
+        raise ConfigError(
+            "modalities",
+            f"scenario {scenario.name} has no {', '.join(missing)} data "
+            f"(it has {', '.join(scenario.modalities)})",
+        )
     model_cfg = ModelConfig.for_data(
         scenario.spec, modalities=mods, num_classes=len(scenario.labels), **(model_options or {})
     )
@@ -161,6 +170,11 @@ def train_centralized(
     save_checkpoint(
         model.cpu(),
         run_dir / "model.safetensors",
-        {"config_hash": config_hash(model_cfg), "model": to_jsonable(model_cfg), "labels": scenario.labels, **summary},
+        {
+            "config_hash": config_hash(model_cfg),
+            "model": to_jsonable(model_cfg),
+            "labels": scenario.labels,
+            **summary,
+        },
     )
     return summary

@@ -20,7 +20,9 @@ def select_device(preference: str = "auto") -> torch.device:
     if preference == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if preference.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device", f"{preference!r} requested but no CUDA device is visible; use auto or cpu")
+        raise ConfigError(
+            "device", f"{preference!r} requested but no CUDA device is visible; use auto or cpu"
+        )
     return torch.device(preference)
 
 
@@ -46,7 +48,11 @@ class Metrics:
     examples: int = 0
 
     def as_dict(self, prefix: str = "") -> dict[str, float | int]:
-        return {f"{prefix}loss": self.loss, f"{prefix}accuracy": self.accuracy, f"{prefix}examples": self.examples}
+        return {
+            f"{prefix}loss": self.loss,
+            f"{prefix}accuracy": self.accuracy,
+            f"{prefix}examples": self.examples,
+        }
 
 
 class _Tally:

@@ -54,7 +54,9 @@ def prepare_scenario(
         return Scenario(name, sites, labels, ("image", "audio"))
     if name == "fsdd-mnist":
         if data_dir is None:
-            raise ConfigError("data_dir", "fsdd-mnist reads real data: pass --data-dir (a folder with fsdd/ and mnist/)")
+            raise ConfigError(
+                "data_dir", "fsdd-mnist reads real data: pass --data-dir (a folder with fsdd/ and mnist/)"
+            )
         from mmfed.data.scenarios.fsdd_mnist import generate_fsdd_mnist
 
         data_dir = Path(data_dir).resolve()
@@ -83,7 +85,7 @@ def from_site_dirs(site_dirs: list[str | Path]) -> Scenario:
     import csv
 
     from mmfed.config import MODALITIES
-    from mmfed.data.manifest import MANIFEST_NAME, sort_labels, read_labels
+    from mmfed.data.manifest import MANIFEST_NAME, read_labels, sort_labels
 
     sites = [Path(d) for d in site_dirs]
     if not sites:
@@ -101,7 +103,8 @@ def from_site_dirs(site_dirs: list[str | Path]) -> Scenario:
         for site, other in declared.items():
             if other != labels:
                 raise ConfigError(
-                    "site_dir", f"{site}/labels.txt differs from {first_site}/labels.txt; all sites need one class list"
+                    "site_dir",
+                    f"{site}/labels.txt differs from {first_site}/labels.txt; all sites need one class list",
                 )
     else:
         labels = sort_labels(r["label"] for r in rows if r.get("label"))

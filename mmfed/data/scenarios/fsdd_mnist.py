@@ -93,7 +93,9 @@ def _write(root: Path, data_dir: Path, seed: int) -> list[Path]:
         split = "test" if index in TEST_INDICES else "train"
         pool = pools[(split, digit)]
         if not pool:
-            raise DataError(f"{data_dir / 'mnist'}: not enough distinct MNIST {split} images of digit {digit}")
+            raise DataError(
+                f"{data_dir / 'mnist'}: not enough distinct MNIST {split} images of digit {digit}"
+            )
         image_index = int(pool.pop())
         site = root / f"site_{speaker}"
         sample_id = f"{digit}_{speaker}_{index}"

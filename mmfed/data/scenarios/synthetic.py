@@ -46,7 +46,9 @@ def _text(label: int, rng: np.random.Generator) -> str:
     return " ".join(words)
 
 
-def _video(label: int, num_classes: int, rng: np.random.Generator, frames: int = 8, size: int = 32) -> np.ndarray:
+def _video(
+    label: int, num_classes: int, rng: np.random.Generator, frames: int = 8, size: int = 32
+) -> np.ndarray:
     angle = 2 * np.pi * label / num_classes
     out = np.zeros((frames, size, size, 3), dtype=np.uint8)
     yy, xx = np.mgrid[:size, :size]
@@ -73,7 +75,9 @@ def _write_video(path: Path, frames: np.ndarray) -> None:
             container.mux(packet)
 
 
-def _write_site(site: Path, index: int, samples: int, num_classes: int, modalities: tuple[str, ...], seed: int) -> Path:
+def _write_site(
+    site: Path, index: int, samples: int, num_classes: int, modalities: tuple[str, ...], seed: int
+) -> Path:
     rng = np.random.default_rng([seed, index])
     for m in ("image", "audio", "video"):
         if m in modalities:
