@@ -28,7 +28,7 @@ VARIANTS = [
 ]
 
 
-def main(epochs: int = 20, seed: int = 0) -> str:
+def main(epochs: int = 25, seed: int = 0) -> str:
     data = shared_data()
     if data is None:
         return "## Centralised accuracy on fsdd-mnist\n\nskipped: ../shared/data not found\n"

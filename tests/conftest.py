@@ -30,3 +30,11 @@ def fsdd_sites(shared_data, tmp_path_factory):
     from mmfed.data.scenarios import prepare_scenario
 
     return prepare_scenario("fsdd-mnist", data_dir=shared_data, cache_dir=tmp_path_factory.mktemp("fsdd"))
+
+
+@pytest.fixture(scope="session")
+def digits_av():
+    """The embedded default scenario, generated once per test session into the session cache."""
+    from mmfed.data.scenarios import prepare_scenario
+
+    return prepare_scenario("digits-av")

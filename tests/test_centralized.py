@@ -126,3 +126,15 @@ def test_cli_data_check(tiny, tmp_path):
 
 def test_site_dirs_scenario(tiny):
     assert from_site_dirs(tiny.sites).modalities == ("image", "audio", "text")
+
+
+@pytest.mark.slow
+def test_default_job_trains_digits_av_end_to_end(digits_av, tmp_path):
+    """What `make run` does, shortened to 2 epochs: the embedded scenario learns well above chance."""
+    result = CliRunner().invoke(app, ["train", "--epochs", "2", "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["test_accuracy"] > 0.8 and summary["test_examples"] > 300
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["scenario"] == "digits-av" and config["model"]["fusion"] == "attention"
+    assert [p.name for p in map(__import__("pathlib").Path, config["sites"])] == [s.name for s in digits_av.sites]

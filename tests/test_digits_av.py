@@ -23,9 +23,9 @@ N_IMAGES = 1797
 
 
 @pytest.fixture(scope="module")
-def generated(tmp_path_factory) -> tuple[Path, list[Path]]:
-    root = tmp_path_factory.mktemp("scenario") / "digits-av"
-    return root, generate_digits_av(root, seed=0)
+def generated(digits_av) -> tuple[Path, list[Path]]:
+    """The session's default-scenario build (prepare_scenario -> generate_digits_av, seed 0)."""
+    return digits_av.sites[0].parent, digits_av.sites
 
 
 @pytest.fixture(scope="module")
