@@ -1,0 +1,1 @@
+"""Federation: run config, site loading, update validation, FedAvg strategy, run directory, simulation."""

@@ -1,0 +1,146 @@
+"""The federation's run configuration: one typed object built from Flower's flat run config (or a TOML
+file, or the `mmfed simulate` options), validated with messages that name the setting."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mmfed.config import FUSIONS, ModelConfig, TrainConfig, config_hash, parse_modalities, to_jsonable
+from mmfed.errors import ConfigError
+
+
+# settings that may differ between a run and its resumption
+RESUMABLE_SETTINGS = ("rounds", "run_dir", "resume", "device", "site_wait_s")
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    scenario: str = "digits-av"
+    data_dir: str = ""  # fsdd-mnist: folder with fsdd/ and mnist/
+    sites: int = 6
+    partition: str = "natural"  # natural | iid | dirichlet:ALPHA
+    modalities: str = ""  # empty: every modality the scenario has
+    fusion: str = "attention"
+    rounds: int = 3
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 2e-3
+    augment: bool = True
+    seed: int = 0
+    min_sites: int = 2  # fewer usable updates than this in a round stops the run
+    fraction_fit: float = 1.0
+    max_update_norm: float = 100.0  # an update (delta) with a larger L2 norm is rejected
+    run_dir: str = ""
+    resume: bool = False
+    cache_dir: str = ""
+    server_test_dir: str = ""  # a site dir whose test split the server evaluates every round
+    device: str = "auto"
+    site_wait_s: float = 120.0  # how long the server waits for min-sites sites to connect
+
+    def validate(self) -> None:
+        from mmfed.data.scenarios import SCENARIOS
+
+        if self.scenario not in SCENARIOS:
+            raise ConfigError("scenario", f"{self.scenario!r} is not one of {', '.join(SCENARIOS)}")
+        if self.fusion not in FUSIONS:
+            raise ConfigError("fusion", f"{self.fusion!r} is not one of {', '.join(FUSIONS)}")
+        if self.modalities:
+            parse_modalities(self.modalities)
+        for name in ("sites", "rounds", "local_epochs", "batch_size", "min_sites"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name.replace("_", "-"), f"must be >= 1, got {getattr(self, name)}")
+        if self.min_sites > self.sites:
+            raise ConfigError("min-sites", f"{self.min_sites} is more than the {self.sites} sites of the run")
+        if not 0 < self.fraction_fit <= 1:
+            raise ConfigError("fraction-fit", f"must be in (0, 1], got {self.fraction_fit}")
+        if not self.max_update_norm > 0:
+            raise ConfigError("max-update-norm", f"must be > 0, got {self.max_update_norm}")
+        if not self.lr > 0:
+            raise ConfigError("lr", f"must be > 0, got {self.lr}")
+        kind = self.partition.split(":", 1)[0]
+        if kind not in ("natural", "iid", "dirichlet"):
+            raise ConfigError("partition", f"{self.partition!r}: use natural, iid or dirichlet:ALPHA")
+
+    # -- conversions -------------------------------------------------------------------------------
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any], where: str = "run config") -> FederationConfig:
+        """Accepts Flower's dashed keys (`local-epochs`) or underscores; unknown keys are errors."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            name = key.replace("-", "_")
+            if name == "num_server_rounds":  # Flower's conventional name
+                name = "rounds"
+            if name not in fields:
+                known = ", ".join(sorted(f.replace("_", "-") for f in fields))
+                raise ConfigError(key, f"unknown setting in {where}; known: {known}")
+            kwargs[name] = _coerce(key, value, fields[name].type)
+        cfg = cls(**kwargs)
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_toml(cls, path: str | Path, **overrides: Any) -> FederationConfig:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError("config", f"{path} not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("config", f"{path}: not valid TOML ({exc})") from None
+        data = data.get("federation", data)
+        return cls.from_mapping({**data, **{k: v for k, v in overrides.items() if v is not None}}, where=str(path))
+
+    def to_run_config(self) -> dict[str, Any]:
+        """Flat, Flower-style (dashed keys, scalar values) for the ServerApp/ClientApp contexts."""
+        return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}
+
+    def replace(self, **changes: Any) -> FederationConfig:
+        return dataclasses.replace(self, **changes)
+
+    # -- what the rest of the system needs ---------------------------------------------------------
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(
+            epochs=self.local_epochs, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
+            augment=self.augment, device=self.device,
+        )
+
+    def model_config(self, scenario) -> ModelConfig:
+        mods = parse_modalities(self.modalities) if self.modalities else scenario.modalities
+        missing = [m for m in mods if m not in scenario.modalities]
+        if missing:
+            raise ConfigError(
+                "modalities", f"scenario {scenario.name} has no {', '.join(missing)} data "
+                f"(it has {', '.join(scenario.modalities)})"
+            )
+        return ModelConfig.for_data(scenario.spec, modalities=mods, num_classes=len(scenario.labels),
+                                    fusion=self.fusion)
+
+    def identity_hash(self) -> str:
+        """What must not change between a run and its resumption (not rounds, run dir or resume)."""
+        keep = {k: v for k, v in to_jsonable(self).items() if k not in RESUMABLE_SETTINGS}
+        return config_hash(keep)
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    kind = str(annotation)
+    try:
+        if kind == "bool":
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if kind == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if kind == "float":
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(key, f"{value!r} is not a valid {kind}") from None

@@ -1,0 +1,104 @@
+"""A federated run's directory: config.json, metrics.jsonl, summary.json, checkpoints/, plots.
+
+Checkpoints are written every round (safetensors + JSON, atomically) and `checkpoints/latest.json` names
+the last complete round, so a restarted server with `resume` continues from there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from mmfed.errors import MMFedError
+from mmfed.federation.config import RESUMABLE_SETTINGS, FederationConfig
+
+LATEST = "latest.json"
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+class RunDir:
+    def __init__(self, path: str | Path, cfg: FederationConfig, keys: list[str]):
+        """Open a run directory: new (or empty), or an earlier run of the same config when cfg.resume."""
+        self.path = Path(path)
+        self.keys = keys  # state_dict names, so checkpoints are readable without mmfed
+        self.checkpoints = self.path / "checkpoints"
+        existing = self.path.exists() and any(self.path.iterdir())
+        if existing and not cfg.resume:
+            raise MMFedError(
+                f"{self.path}: run directory is not empty; pass --resume to continue that run, "
+                "or choose a new --run-dir (nothing was changed)"
+            )
+        if existing:
+            saved = json.loads((self.path / "config.json").read_text()) if (self.path / "config.json").exists() else {}
+            if saved.get("identity") != cfg.identity_hash():
+                theirs = saved.get("federation", {})
+                differ = [k for k, v in cfg.to_run_config().items()
+                          if k.replace("-", "_") not in RESUMABLE_SETTINGS and theirs.get(k) != v]
+                raise MMFedError(
+                    f"{self.path}: cannot resume: the run was made with other settings ({', '.join(differ) or 'unknown'}); "
+                    "resume with the same settings or start a new --run-dir"
+                )
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.checkpoints.mkdir(exist_ok=True)
+
+    def write_config(self, cfg: FederationConfig, extra: dict[str, Any]) -> None:
+        target = self.path / "config.json"
+        if target.exists():  # resumed: keep the original, record the resumption
+            data = json.loads(target.read_text())
+            data.setdefault("resumed", []).append({"rounds": cfg.rounds, **extra.get("resume_info", {})})
+        else:
+            data = {"federation": cfg.to_run_config(), "identity": cfg.identity_hash(), **extra}
+        _write_json(target, data)
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def last_round(self) -> int:
+        latest = self.checkpoints / LATEST
+        return json.loads(latest.read_text())["round"] if latest.exists() else 0
+
+    def load_round(self, server_round: int) -> list[np.ndarray]:
+        path = self.checkpoints / f"round_{server_round:04d}.safetensors"
+        tensors = load_file(str(path))
+        if list(tensors) != self.keys and sorted(tensors) != sorted(self.keys):
+            raise MMFedError(f"{path}: checkpoint tensors do not match this model")
+        return [tensors[k] for k in self.keys]
+
+    def save_round(self, server_round: int, weights: list[np.ndarray], metadata: dict[str, Any]) -> Path:
+        path = self.checkpoints / f"round_{server_round:04d}.safetensors"
+        tmp = path.with_name(path.name + ".tmp")
+        tensors = {k: np.ascontiguousarray(w) for k, w in zip(self.keys, weights, strict=True)}
+        save_file(tensors, str(tmp), metadata={"mmfed": json.dumps(metadata, default=str)})
+        os.replace(tmp, path)
+        _write_json(path.with_suffix(".json"), metadata)
+        _write_json(self.checkpoints / LATEST, {"round": server_round, "file": path.name})  # last: commits the round
+        return path
+
+    # -- metrics -----------------------------------------------------------------------------------
+    def log(self, rows: list[dict[str, Any]]) -> None:
+        with (self.path / "metrics.jsonl").open("a") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, default=float) + "\n")
+
+    def metrics(self) -> list[dict[str, Any]]:
+        path = self.path / "metrics.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+    def drop_metrics_after(self, server_round: int) -> None:
+        """A round that crashed half-way may have logged rows; its replay will log them again."""
+        rows = [r for r in self.metrics() if r.get("round", 0) <= server_round]
+        path = self.path / "metrics.jsonl"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(tmp, path)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        _write_json(self.path / "summary.json", summary)

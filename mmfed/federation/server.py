@@ -1,0 +1,117 @@
+"""The server side of a run: global model, run directory (new or resumed), strategy, legacy workflow.
+
+Both the ServerApp (`server/app.py`, config from Flower's run config) and `mmfed simulate` (config from
+the command line) call `run_server`, so simulation and deployment cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flwr.server import Grid, LegacyContext, ServerConfig
+from flwr.server.workflow import DefaultWorkflow
+
+from mmfed.config import config_hash, to_jsonable
+from mmfed.data.dataset import Collate, MultimodalDataset, Processors
+from mmfed.data.manifest import load_manifest
+from mmfed.errors import MMFedError
+from mmfed.federation.config import FederationConfig
+from mmfed.federation.params import get_weights, set_weights
+from mmfed.federation.plots import write_plots
+from mmfed.federation.rundir import RunDir
+from mmfed.federation.site import federation_scenario
+from mmfed.federation.strategy import MMFedAvg
+from mmfed.models import build_model
+from mmfed.train.loop import evaluate, seed_everything, select_device
+
+
+def default_run_dir(cfg: FederationConfig) -> Path:
+    return Path.cwd() / "runs" / f"fed-{cfg.scenario}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def wait_for_sites(grid: Grid, minimum: int, timeout_s: float) -> int:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        count = len(list(grid.get_node_ids()))
+        if count >= minimum:
+            return count
+        if time.monotonic() > deadline:
+            raise MMFedError(
+                f"only {count} site(s) connected after {timeout_s:.0f}s, fewer than min-sites={minimum}; "
+                "start more sites or lower min-sites"
+            )
+        time.sleep(0.5)
+
+
+def _server_evaluator(cfg: FederationConfig, scenario, model_cfg) -> Callable[[list], dict[str, float]] | None:
+    if not cfg.server_test_dir:
+        return None
+    samples = load_manifest(cfg.server_test_dir, labels=scenario.labels).split("test")
+    data = MultimodalDataset(samples, Processors(scenario.spec, model_cfg.modalities))
+    if not len(data):
+        raise MMFedError(f"{cfg.server_test_dir}: server-test-dir has no test samples for this run's modalities")
+    model = build_model(model_cfg)
+    device = select_device(cfg.device)
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(data, batch_size=256, collate_fn=Collate(scenario.spec, model_cfg.modalities))
+
+    def evaluate_weights(weights: list) -> dict[str, float]:
+        set_weights(model, weights)
+        result = evaluate(model.to(device), loader, device)
+        return {"loss": result.loss, "accuracy": result.accuracy, "examples": result.examples}
+
+    return evaluate_weights
+
+
+def run_server(
+    grid: Grid,
+    context: Any,
+    cfg: FederationConfig,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    scenario = federation_scenario(cfg)
+    model_cfg = cfg.model_config(scenario)
+    seed_everything(cfg.seed)
+    model = build_model(model_cfg)
+    run_dir = RunDir(cfg.run_dir or default_run_dir(cfg), cfg, list(model.state_dict()))
+    done = run_dir.last_round() if cfg.resume else 0
+    initial = run_dir.load_round(done) if done else get_weights(model)
+    if done:
+        run_dir.drop_metrics_after(done)
+    run_dir.write_config(cfg, {
+        "labels": scenario.labels, "model": to_jsonable(model_cfg), "data": to_jsonable(scenario.spec),
+        "resume_info": {"from_round": done},
+    })
+    strategy = MMFedAvg(cfg, initial, run_dir, round_offset=done, on_round=on_round,
+                        server_eval=_server_evaluator(cfg, scenario, model_cfg), config_hash=config_hash(model_cfg))
+    if cfg.rounds > done:
+        wait_for_sites(grid, cfg.min_sites, cfg.site_wait_s)
+        context = LegacyContext(context=context, config=ServerConfig(num_rounds=cfg.rounds - done), strategy=strategy)
+        DefaultWorkflow()(grid, context)
+    summary = summarize(run_dir, cfg, strategy)
+    write_plots(run_dir.metrics(), run_dir.path, title=f"{cfg.scenario}, {cfg.sites} sites")
+    if strategy.stopped:
+        raise MMFedError(strategy.stopped)
+    return summary
+
+
+def summarize(run_dir: RunDir, cfg: FederationConfig, strategy: MMFedAvg) -> dict[str, Any]:
+    rows = run_dir.metrics()
+    glob = [r for r in rows if r.get("kind") == "global"]
+    last = glob[-1] if glob else {}
+    sites = {r["site"]: r["accuracy"] for r in rows if r.get("kind") == "evaluate" and r["round"] == last.get("round")}
+    summary = {
+        "rounds_completed": run_dir.last_round(),
+        "rounds_planned": cfg.rounds,
+        "global_accuracy": last.get("accuracy"),
+        "global_loss": last.get("loss"),
+        "site_accuracy": sites,
+        "stopped": strategy.stopped,
+        "run_dir": str(run_dir.path),
+    }
+    run_dir.write_summary(summary)
+    return summary

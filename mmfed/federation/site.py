@@ -1,0 +1,138 @@
+"""A site's data and model as its ClientApp sees them, found from the node config.
+
+Simulation: `partition-id`/`num-partitions` plus the run's scenario and partition. Deployment:
+`site-dir` (the site's own directory). Loaded once per process and reused across rounds (a Ray actor or
+SuperNode process serves many messages).
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from mmfed.config import ModelConfig
+from mmfed.data.cache import default_cache_dir
+from mmfed.data.dataset import Collate, MultimodalDataset, Processors
+from mmfed.data.manifest import Sample, load_manifest
+from mmfed.data.partition import partition
+from mmfed.data.scenarios import Scenario, from_site_dirs, prepare_scenario
+from mmfed.errors import ConfigError
+from mmfed.federation.config import FederationConfig
+from mmfed.federation.params import delta, get_weights, set_weights
+from mmfed.models import build_model
+from mmfed.train.loop import Metrics, evaluate, seed_everything, select_device, train_epoch
+
+
+def federation_scenario(cfg: FederationConfig) -> Scenario:
+    """The scenario every party of a simulated run derives its data and model shape from."""
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    return prepare_scenario(
+        cfg.scenario, data_dir=cfg.data_dir or None, cache_dir=cache, seed=cfg.seed,
+        num_sites=cfg.sites if cfg.scenario != "fsdd-mnist" else 6,
+    )
+
+
+def site_samples(cfg: FederationConfig, scenario: Scenario, partition_id: int, num_partitions: int
+                 ) -> tuple[str, list[Sample]]:
+    """(site name, samples) of partition `partition_id`."""
+    if not 0 <= partition_id < num_partitions:
+        raise ConfigError("partition-id", f"{partition_id} is outside 0..{num_partitions - 1}")
+    if cfg.partition == "natural":
+        if len(scenario.sites) != num_partitions:
+            raise ConfigError(
+                "num-partitions",
+                f"scenario {scenario.name} has {len(scenario.sites)} natural sites but the federation has "
+                f"{num_partitions} nodes; run {len(scenario.sites)} sites or use --partition iid|dirichlet:A",
+            )
+        site = scenario.sites[partition_id]
+        return site.name, load_manifest(site, labels=scenario.labels).samples
+    pooled = [s for m in scenario.load_sites() for s in m.samples]
+    parts = partition(pooled, cfg.partition, num_partitions, seed=cfg.seed)
+    return f"part{partition_id:04d}", parts[partition_id]
+
+
+@dataclass
+class SiteRuntime:
+    name: str
+    model_cfg: ModelConfig
+    train: MultimodalDataset
+    test: MultimodalDataset
+    collate: Collate
+    device: torch.device
+    model: torch.nn.Module = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.model = build_model(self.model_cfg).to(self.device)
+
+    def loader(self, dataset: MultimodalDataset, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=self.collate,
+                          generator=torch.Generator().manual_seed(seed))
+
+    def fit(self, weights: list, cfg: FederationConfig, server_round: int) -> tuple[list, int, dict[str, Any]]:
+        """Local training from the global weights; returns (delta, examples, metrics)."""
+        if not len(self.train):
+            raise ConfigError("site", f"site {self.name} has no training samples for this run's modalities")
+        # seeded by (run seed, round, site): a round replays exactly, which makes resume bit-identical
+        seed = zlib.crc32(f"{cfg.seed}:{server_round}:{self.name}".encode())
+        seed_everything(seed)
+        set_weights(self.model, weights)
+        self.model.to(self.device)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr)
+        loader = self.loader(self.train, cfg.batch_size, True, seed)
+        start = time.perf_counter()
+        fit = Metrics()
+        for _ in range(cfg.local_epochs):
+            fit = train_epoch(self.model, loader, optimizer, self.device)
+        seconds = time.perf_counter() - start
+        update = delta(get_weights(self.model), weights)
+        metrics = {"site": self.name, "loss": fit.loss, "accuracy": fit.accuracy, "train_seconds": seconds}
+        return update, len(self.train), metrics
+
+    def evaluate(self, weights: list) -> tuple[float, int, dict[str, Any]]:
+        set_weights(self.model, weights)
+        self.model.to(self.device)
+        result = evaluate(self.model, self.loader(self.test, 256, False, 0), self.device)
+        return result.loss, result.examples, {"site": self.name, "accuracy": result.accuracy}
+
+
+_RUNTIMES: dict[tuple, SiteRuntime] = {}
+
+
+def load_site(cfg: FederationConfig, node_config: dict[str, Any]) -> SiteRuntime:
+    """The SiteRuntime for this node, built once per process."""
+    site_dir = node_config.get("site-dir")
+    if site_dir:
+        key: tuple = (cfg.identity_hash(), "dir", str(site_dir))
+    else:
+        if "partition-id" not in node_config:
+            raise ConfigError("node-config", "set site-dir=PATH (deployment) or partition-id (simulation)")
+        key = (cfg.identity_hash(), int(node_config["partition-id"]), int(node_config["num-partitions"]))
+    if key in _RUNTIMES:
+        return _RUNTIMES[key]
+    if site_dir:
+        scenario = from_site_dirs([site_dir])
+        name = Path(site_dir).name
+        samples = scenario.load_sites()[0].samples
+    else:
+        scenario = federation_scenario(cfg)
+        name, samples = site_samples(cfg, scenario, key[1], key[2])
+    model_cfg = cfg.model_config(scenario)
+    processors = Processors(scenario.spec, model_cfg.modalities,
+                            cache_dir=(Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()) / "features")
+    runtime = SiteRuntime(
+        name=name,
+        model_cfg=model_cfg,
+        train=MultimodalDataset([s for s in samples if s.split == "train"], processors, augment=cfg.augment),
+        test=MultimodalDataset([s for s in samples if s.split == "test"], processors),
+        collate=Collate(scenario.spec, model_cfg.modalities),
+        device=select_device(cfg.device),
+    )
+    _RUNTIMES[key] = runtime
+    return runtime

@@ -1,0 +1,179 @@
+"""FedAvg over deltas, with every update validated before use, per-site metrics, and a checkpoint per round.
+
+Sites send `local - global`; the server adds the example-weighted mean of the accepted deltas to the
+global model. An update that fails a check (shape, dtype, non-finite, norm bound) is rejected with a
+logged reason naming the site, and the round goes on with the rest. Fewer usable updates than
+`min_sites` stops the run cleanly (remaining rounds are skipped, checkpoints kept) with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from flwr.common import FitRes, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import FedAvg
+
+from mmfed.federation.config import FederationConfig
+from mmfed.federation.params import check_update, weighted_mean
+from mmfed.federation.rundir import RunDir
+
+log = logging.getLogger("mmfed.federation")
+
+ServerEval = Callable[[list[np.ndarray]], dict[str, float]]
+
+
+def _failure_reason(failure: Any) -> str:
+    if isinstance(failure, BaseException):
+        text = str(failure)
+    else:  # (proxy, FitRes) with a non-OK status
+        text = getattr(getattr(failure[1], "status", None), "message", str(failure))
+    return text.strip().splitlines()[-1][:300] if text.strip() else repr(failure)
+
+
+class MMFedAvg(FedAvg):
+    def __init__(
+        self,
+        cfg: FederationConfig,
+        initial: list[np.ndarray],
+        run_dir: RunDir,
+        round_offset: int = 0,
+        server_eval: ServerEval | None = None,
+        on_round: Callable[[dict[str, Any]], None] | None = None,
+        config_hash: str = "",
+    ):
+        super().__init__(
+            fraction_fit=cfg.fraction_fit,
+            fraction_evaluate=1.0,
+            min_fit_clients=cfg.min_sites,
+            min_evaluate_clients=cfg.min_sites,
+            min_available_clients=cfg.min_sites,
+            initial_parameters=ndarrays_to_parameters(initial),
+            accept_failures=True,
+        )
+        self.cfg = cfg
+        self.weights = [np.asarray(w, dtype=np.float32) if np.issubdtype(w.dtype, np.floating) else w
+                        for w in initial]
+        self.run_dir = run_dir
+        self.offset = round_offset
+        self.server_eval = server_eval
+        self.on_round = on_round or (lambda row: None)
+        self.config_hash = config_hash
+        self.stopped: str | None = None
+        self._round_start = time.perf_counter()
+        self._fit_summary: dict[str, Any] = {}
+
+    def _round(self, server_round: int) -> int:
+        return self.offset + server_round
+
+    # -- fit ---------------------------------------------------------------------------------------
+    def configure_fit(self, server_round: int, parameters: Parameters, client_manager: ClientManager):
+        if self.stopped:
+            return []
+        self._round_start = time.perf_counter()
+        instructions = super().configure_fit(server_round, parameters, client_manager)
+        for _, ins in instructions:
+            ins.config["server-round"] = self._round(server_round)
+        return instructions
+
+    def aggregate_fit(
+        self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: list[Any]
+    ) -> tuple[Parameters | None, dict[str, Any]]:
+        rnd = self._round(server_round)
+        rows: list[dict[str, Any]] = []
+        accepted: list[tuple[list[np.ndarray], int]] = []
+        # sorted by site: the float sum (and so a resumed run) does not depend on arrival order
+        for proxy, res in sorted(results, key=lambda r: str(r[1].metrics.get("site", r[0].cid))):
+            site = str(res.metrics.get("site", f"node-{proxy.cid}"))
+            base = {"round": rnd, "site": site, "kind": "fit", "examples": res.num_examples}
+            if "error" in res.metrics:
+                reason = str(res.metrics["error"])
+                log.warning("round %d: site %s failed: %s", rnd, site, reason)
+                rows.append({**base, "status": "failed", "reason": reason})
+                continue
+            update = parameters_to_ndarrays(res.parameters)
+            verdict = check_update(update, self.weights, self.cfg.max_update_norm)
+            if not verdict.ok:
+                log.warning("round %d: update from site %s rejected: %s", rnd, site, verdict.reason)
+                rows.append({**base, "status": "rejected", "reason": verdict.reason})
+                continue
+            accepted.append((update, res.num_examples))
+            metrics = {k: v for k, v in res.metrics.items() if k != "site"}
+            rows.append({**base, "status": "accepted", "update_norm": verdict.norm, **metrics})
+        for failure in failures:
+            reason = _failure_reason(failure)
+            log.warning("round %d: a site failed: %s", rnd, reason)
+            rows.append({"round": rnd, "site": "unknown", "kind": "fit", "status": "failed", "reason": reason})
+        self.run_dir.log(rows)
+        self._fit_summary = {
+            "sites_accepted": len(accepted),
+            "sites_rejected": sum(r["status"] == "rejected" for r in rows),
+            "sites_failed": sum(r["status"] == "failed" for r in rows),
+            "train_seconds_sum": sum(float(r.get("train_seconds", 0.0)) for r in rows),
+        }
+        if len(accepted) < self.cfg.min_sites:
+            self.stopped = (
+                f"round {rnd}: only {len(accepted)} usable site update(s), fewer than min-sites={self.cfg.min_sites}"
+                f" ({self._fit_summary['sites_rejected']} rejected, {self._fit_summary['sites_failed']} failed; "
+                "see metrics.jsonl); the run stopped and keeps the checkpoints of the rounds before"
+            )
+            log.error(self.stopped)
+            return None, {}
+        mean = weighted_mean(accepted)
+        self.weights = [
+            (w + d).astype(np.float32) if np.issubdtype(w.dtype, np.floating) else w
+            for w, d in zip(self.weights, mean, strict=True)
+        ]
+        fit_metrics = {
+            "train_loss": _weighted([(r["examples"], r["loss"]) for r in rows if r["status"] == "accepted"]),
+            "train_accuracy": _weighted([(r["examples"], r["accuracy"]) for r in rows if r["status"] == "accepted"]),
+        }
+        self._fit_summary.update(fit_metrics)
+        self.run_dir.save_round(rnd, self.weights, {"round": rnd, "config_hash": self.config_hash,
+                                                    **self._fit_summary})
+        return ndarrays_to_parameters(self.weights), fit_metrics
+
+    # -- evaluation --------------------------------------------------------------------------------
+    def configure_evaluate(self, server_round: int, parameters: Parameters, client_manager: ClientManager):
+        if self.stopped:
+            return []
+        return super().configure_evaluate(server_round, parameters, client_manager)
+
+    def evaluate(self, server_round: int, parameters: Parameters):
+        """Server-side test set (when configured); also runs at round 0 on the initial model."""
+        if self.server_eval is None or self.stopped:
+            return None
+        result = self.server_eval(parameters_to_ndarrays(parameters))
+        self.run_dir.log([{"round": self._round(server_round), "kind": "server", **result}])
+        return result["loss"], {"accuracy": result["accuracy"]}
+
+    def aggregate_evaluate(self, server_round: int, results, failures):
+        rnd = self._round(server_round)
+        rows = [
+            {"round": rnd, "site": str(res.metrics.get("site", proxy.cid)), "kind": "evaluate",
+             "loss": res.loss, "accuracy": float(res.metrics.get("accuracy", float("nan"))),
+             "examples": res.num_examples}
+            for proxy, res in sorted(results, key=lambda r: str(r[1].metrics.get("site", r[0].cid)))
+        ]
+        total = sum(r["examples"] for r in rows)
+        glob = {
+            "round": rnd, "kind": "global",
+            "accuracy": _weighted([(r["examples"], r["accuracy"]) for r in rows]) if total else float("nan"),
+            "loss": _weighted([(r["examples"], r["loss"]) for r in rows]) if total else float("nan"),
+            "examples": total, "sites_evaluated": len(rows), "sites_eval_failed": len(failures),
+            **self._fit_summary,
+            "seconds": time.perf_counter() - self._round_start,
+        }
+        self.run_dir.log([*rows, glob])
+        self.on_round(glob)
+        return glob["loss"], {"accuracy": glob["accuracy"]}
+
+
+def _weighted(pairs: list[tuple[int, float]]) -> float:
+    total = sum(n for n, _ in pairs)
+    return sum(n * v for n, v in pairs) / total if total else float("nan")

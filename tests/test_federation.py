@@ -1,0 +1,225 @@
+"""The real ServerApp and ClientApp on an in-process grid (tests/localgrid.py): no Ray, seconds."""
+
+import json
+
+import numpy as np
+import pytest
+from localgrid import LocalGrid, server_context
+from safetensors.numpy import load_file
+
+import mmfed.federation.site as site_mod
+from mmfed.errors import ConfigError, MMFedError
+from mmfed.federation.apps import make_client_app, make_server_app
+from mmfed.federation.config import FederationConfig
+from mmfed.federation.params import check_update
+
+
+@pytest.fixture
+def cfg(tmp_path_factory):
+    cache = tmp_path_factory.getbasetemp() / "fed-cache"
+    return FederationConfig(
+        scenario="synthetic", sites=3, modalities="image,audio", rounds=2, batch_size=16, augment=False,
+        cache_dir=str(cache), run_dir=str(tmp_path_factory.mktemp("run") / "run"), min_sites=2, site_wait_s=2,
+    )
+
+
+def run(cfg: FederationConfig, nodes: int | None = None) -> dict:
+    result: dict = {}
+    grid = LocalGrid(make_client_app(cfg), nodes or cfg.sites)
+    try:
+        make_server_app(cfg, result=result)(grid, server_context())
+    finally:
+        grid.close()
+    return result
+
+
+def rows(cfg, **match):
+    lines = (cfg.run_dir + "/metrics.jsonl")
+    out = [json.loads(x) for x in open(lines).read().splitlines()]
+    return [r for r in out if all(r.get(k) == v for k, v in match.items())]
+
+
+def final_weights(cfg, round_):
+    return load_file(f"{cfg.run_dir}/checkpoints/round_{round_:04d}.safetensors")
+
+
+def test_federated_run_writes_metrics_checkpoints_summary_and_plots(cfg):
+    summary = run(cfg)
+    assert summary["rounds_completed"] == 2 and summary["stopped"] is None
+    fits = rows(cfg, kind="fit")
+    assert {(r["round"], r["site"], r["status"]) for r in fits} == {
+        (rnd, f"site_{i:05d}", "accepted") for rnd in (1, 2) for i in range(3)
+    }
+    glob = rows(cfg, kind="global")
+    assert [g["round"] for g in glob] == [1, 2] and all(g["sites_accepted"] == 3 for g in glob)
+    assert glob[-1]["accuracy"] == summary["global_accuracy"]
+    assert len(rows(cfg, kind="evaluate")) == 6
+    # federated evaluation weights sites by examples: the global accuracy is the pooled accuracy
+    ev = rows(cfg, kind="evaluate", round=2)
+    pooled = sum(r["accuracy"] * r["examples"] for r in ev) / sum(r["examples"] for r in ev)
+    assert abs(pooled - glob[-1]["accuracy"]) < 1e-9
+    for name in ("config.json", "summary.json", "global_metrics.png", "site_accuracy.png"):
+        assert (cfg.run_dir + "/" + name) and __import__("os").path.getsize(f"{cfg.run_dir}/{name}") > 0
+    meta = json.load(open(f"{cfg.run_dir}/checkpoints/round_0002.json"))
+    assert meta["round"] == 2 and meta["sites_accepted"] == 3 and meta["config_hash"]
+    assert json.load(open(f"{cfg.run_dir}/checkpoints/latest.json"))["round"] == 2
+    a, b = final_weights(cfg, 1), final_weights(cfg, 2)
+    assert any(not np.array_equal(a[k], b[k]) for k in a)  # the model moved
+
+
+def corrupt(monkeypatch, site_name, how):
+    real_fit = site_mod.SiteRuntime.fit
+
+    def fit(self, weights, cfg, server_round):
+        update, n, metrics = real_fit(self, weights, cfg, server_round)
+        if self.name == site_name:
+            if how == "nan":
+                update[0] = update[0] * np.nan
+            elif how == "shape":
+                update[1] = np.zeros((3, 3), np.float32)
+            elif how == "oversized":
+                update = [u + 50.0 for u in update]
+            elif how == "raise":
+                raise RuntimeError("disk full at the hospital")
+        return update, n, metrics
+
+    monkeypatch.setattr(site_mod.SiteRuntime, "fit", fit)
+
+
+@pytest.mark.parametrize(
+    "how, status, needle",
+    [("nan", "rejected", "NaN"), ("shape", "rejected", "shape"), ("oversized", "rejected", "L2 norm"),
+     ("raise", "failed", "disk full at the hospital")],
+)
+def test_bad_update_or_failing_site_is_named_and_round_completes(cfg, monkeypatch, how, status, needle):
+    corrupt(monkeypatch, "site_00001", how)
+    summary = run(cfg)
+    assert summary["rounds_completed"] == 2 and summary["stopped"] is None
+    bad = rows(cfg, kind="fit", site="site_00001")
+    assert [r["status"] for r in bad] == [status, status] and needle in bad[0]["reason"]
+    assert all(g["sites_accepted"] == 2 for g in rows(cfg, kind="global"))
+    assert all(r["status"] == "accepted" for r in rows(cfg, kind="fit") if r["site"] != "site_00001")
+
+
+def test_aggregate_is_example_weighted_mean_of_accepted_deltas(cfg, monkeypatch):
+    """Round 1 by hand: global + sum(n_i * delta_i) / sum(n_i) over the sites that were not rejected."""
+    corrupt(monkeypatch, "site_00002", "nan")
+    seen = {}
+    real_fit = site_mod.SiteRuntime.fit
+
+    def spy(self, weights, c, server_round):
+        out = real_fit(self, weights, c, server_round)
+        if server_round == 1:
+            seen[self.name] = (weights, out[0], out[1])
+        return out
+
+    monkeypatch.setattr(site_mod.SiteRuntime, "fit", spy)
+    run(cfg.replace(rounds=1))
+    global0 = seen["site_00000"][0]
+    good = [seen[s] for s in ("site_00000", "site_00001")]
+    total = sum(n for _, _, n in good)
+    expected = [g + sum(n * d[i] for _, d, n in good) / total for i, g in enumerate(global0)]
+    from mmfed.federation.site import federation_scenario
+    from mmfed.models import build_model
+
+    keys = list(build_model(cfg.model_config(federation_scenario(cfg))).state_dict())
+    saved = final_weights(cfg, 1)
+    assert all(np.allclose(e, saved[k], atol=1e-6) for e, k in zip(expected, keys, strict=True))
+
+
+def test_resume_after_a_crash_gives_the_same_model_as_an_uninterrupted_run(cfg, monkeypatch, tmp_path):
+    full = cfg.replace(rounds=3, run_dir=str(tmp_path / "full"))
+    run(full)
+    crashed = cfg.replace(rounds=3, run_dir=str(tmp_path / "crashed"))
+    import mmfed.federation.strategy as strategy_mod
+
+    real = strategy_mod.MMFedAvg.aggregate_evaluate
+
+    def killed_in_round_3(self, server_round, results, failures):
+        if self._round(server_round) == 3:
+            raise KeyboardInterrupt("server killed")  # after round 3's fit rows were logged
+        return real(self, server_round, results, failures)
+
+    monkeypatch.setattr(strategy_mod.MMFedAvg, "aggregate_evaluate", killed_in_round_3)
+    with pytest.raises(KeyboardInterrupt):
+        run(crashed)
+    monkeypatch.setattr(strategy_mod.MMFedAvg, "aggregate_evaluate", real)
+    # the crash came after round 3's checkpoint; drop it to resume from a mid-run state (round 2)
+    import os
+
+    os.remove(f"{crashed.run_dir}/checkpoints/round_0003.safetensors")
+    with open(f"{crashed.run_dir}/checkpoints/latest.json", "w") as fh:
+        json.dump({"round": 2, "file": "round_0002.safetensors"}, fh)
+    with pytest.raises(MMFedError, match="--resume"):
+        run(crashed)
+    summary = run(crashed.replace(resume=True))
+    assert summary["rounds_completed"] == 3
+    a, b = final_weights(full, 3), final_weights(crashed, 3)
+    assert max(float(np.abs(a[k] - b[k]).max()) for k in a) <= 1e-6
+    assert [r["round"] for r in rows(crashed, kind="global")] == [1, 2, 3]  # no duplicated round rows
+    assert len(rows(crashed, kind="fit", round=3)) == 3
+    cfg_json = json.load(open(f"{crashed.run_dir}/config.json"))
+    assert cfg_json["resumed"][0]["from_round"] == 2
+
+
+def test_resume_with_other_settings_is_refused(cfg):
+    run(cfg.replace(rounds=1))
+    with pytest.raises(MMFedError, match="fusion"):
+        run(cfg.replace(rounds=2, resume=True, fusion="late"))
+
+
+def test_fewer_sites_than_minimum_fails_clearly(cfg):
+    with pytest.raises(MMFedError, match=r"only 1 site\(s\) connected .* min-sites=2"):
+        run(cfg.replace(site_wait_s=0.5), nodes=1)
+
+
+def test_too_few_usable_updates_stops_the_run_keeping_checkpoints(cfg, monkeypatch):
+    calls = {"n": 0}
+    real_fit = site_mod.SiteRuntime.fit
+
+    def failing_from_round_2(self, weights, c, server_round):
+        if server_round >= 2 and self.name != "site_00000":
+            raise RuntimeError("GPU fell off the bus")
+        calls["n"] += 1
+        return real_fit(self, weights, c, server_round)
+
+    monkeypatch.setattr(site_mod.SiteRuntime, "fit", failing_from_round_2)
+    with pytest.raises(MMFedError, match="round 2: only 1 usable site update"):
+        run(cfg.replace(rounds=3))
+    summary = json.load(open(f"{cfg.run_dir}/summary.json"))
+    assert summary["rounds_completed"] == 1 and "min-sites" in summary["stopped"]
+    assert json.load(open(f"{cfg.run_dir}/checkpoints/latest.json"))["round"] == 1
+
+
+def test_iid_and_dirichlet_partitions_give_disjoint_sites(cfg):
+    from mmfed.federation.site import federation_scenario, site_samples
+
+    for how in ("iid", "dirichlet:0.5"):
+        c = cfg.replace(partition=how)
+        scenario = federation_scenario(c)
+        parts = [site_samples(c, scenario, i, 3)[1] for i in range(3)]
+        ids = [s.id for p in parts for s in p]
+        assert len(ids) == len(set(ids)) == 150
+    with pytest.raises(ConfigError, match="3 natural sites but the federation has 4"):
+        site_samples(cfg, federation_scenario(cfg), 0, 4)
+
+
+def test_check_update_names_each_problem():
+    ref = [np.zeros((2, 2), np.float32), np.zeros(3, np.float32)]
+    assert check_update([np.ones((2, 2), np.float32), np.ones(3, np.float32)], ref, 10).ok
+    assert "1 arrays, the model has 2" in check_update(ref[:1], ref, 10).reason
+    assert "dtype int64" in check_update([np.zeros((2, 2), np.int64), ref[1]], ref, 10).reason
+    assert "NaN" in check_update([np.full((2, 2), np.inf, np.float32), ref[1]], ref, 10).reason
+    assert "exceeds" in check_update([np.full((2, 2), 9, np.float32), ref[1]], ref, 10).reason
+
+
+def test_run_config_errors_name_the_setting():
+    with pytest.raises(ConfigError, match="'locl-epochs'"):
+        FederationConfig.from_mapping({"locl-epochs": 2})
+    with pytest.raises(ConfigError, match="'rounds'"):
+        FederationConfig.from_mapping({"num-server-rounds": "many"})
+    with pytest.raises(ConfigError, match="min-sites"):
+        FederationConfig.from_mapping({"sites": 2, "min-sites": 3})
+    cfg = FederationConfig.from_mapping({"num-server-rounds": 4, "augment": "false", "lr": "0.01"})
+    assert (cfg.rounds, cfg.augment, cfg.lr) == (4, False, 0.01)
+    assert FederationConfig.from_mapping(cfg.to_run_config()) == cfg
