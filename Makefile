@@ -12,7 +12,7 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup run test test-fast bench lint clean
+.PHONY: setup run flwr-run test test-fast bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,11 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: setup
-	$(BIN)/mmfed train --scenario digits-av
+	$(BIN)/mmfed simulate --config simulations/digits-av.toml
+
+# the same apps under Flower's own launcher; `flwr run` leaves a local SuperLink behind: stop it
+flwr-run: setup
+	$(BIN)/flwr run . --stream; status=$$?; pkill -f '[f]lower-superlink .*--port 39091'; exit $$status
 
 test: setup
 	$(BIN)/python -m pytest

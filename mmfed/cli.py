@@ -148,6 +148,141 @@ def train(
     console.print(f"results: {run_dir}/  (config.json, metrics.jsonl, summary.json, model.safetensors)")
 
 
+@app.command()
+def simulate(
+    config: Annotated[
+        Path | None, typer.Option(help="scenario file, e.g. simulations/fsdd-mnist.toml")
+    ] = None,
+    scenario: Annotated[
+        str | None, typer.Option(help="digits-av, fsdd-mnist (needs --data-dir), synthetic")
+    ] = None,
+    data_dir: DataDirOpt = None,
+    rounds: Annotated[int | None, typer.Option(help="server rounds [3]")] = None,
+    sites: Annotated[int | None, typer.Option(help="number of simulated sites [6]")] = None,
+    fusion: Annotated[Fusion | None, typer.Option()] = None,
+    modalities: Annotated[str | None, typer.Option(help="comma list [all the scenario has]")] = None,
+    partition: Annotated[str | None, typer.Option(help="natural, iid or dirichlet:ALPHA")] = None,
+    local_epochs: Annotated[int | None, typer.Option(help="epochs each site trains per round [1]")] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    lr: Annotated[float | None, typer.Option()] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    min_sites: Annotated[
+        int | None, typer.Option(help="fewer usable updates in a round stops the run [2]")
+    ] = None,
+    max_update_norm: Annotated[
+        float | None, typer.Option(help="reject updates with a larger L2 norm")
+    ] = None,
+    server_test_dir: Annotated[
+        Path | None, typer.Option(help="site dir whose test split the server evaluates")
+    ] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="new directory for results [runs/fed-...]")] = None,
+    resume: Annotated[
+        bool, typer.Option(help="continue the run in --run-dir from its last complete round")
+    ] = False,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda")] = None,
+    cache_dir: CacheOpt = None,
+    cpus_per_site: Annotated[float, typer.Option(help="CPUs Ray reserves per simulated site")] = 1.0,
+    gpus_per_site: Annotated[
+        float, typer.Option(help="GPU fraction per site, e.g. 0.25 = 4 sites per GPU")
+    ] = 0.0,
+    ray_address: Annotated[
+        str | None, typer.Option(help="attach to a running Ray cluster (e.g. auto)")
+    ] = None,
+    verbose: Annotated[bool, typer.Option(help="show Flower's own logs")] = False,
+) -> None:
+    """Run a simulated federation: Flower's simulation engine, the ServerApp and ClientApp of deployment."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from mmfed.federation.config import FederationConfig
+    from mmfed.federation.simulation import simulate as run_simulation
+
+    options = {
+        "scenario": scenario,
+        "data_dir": data_dir,
+        "rounds": rounds,
+        "sites": sites,
+        "fusion": fusion.value if fusion else None,
+        "modalities": modalities,
+        "partition": partition,
+        "local_epochs": local_epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "min_sites": min_sites,
+        "max_update_norm": max_update_norm,
+        "server_test_dir": server_test_dir,
+        "device": device,
+        "cache_dir": cache_dir,
+        "resume": resume or None,
+    }
+    options = {k: str(v) if isinstance(v, Path) else v for k, v in options.items() if v is not None}
+    try:
+        cfg = (
+            FederationConfig.from_toml(config, **options)
+            if config
+            else FederationConfig.from_mapping(options)
+        )
+        if cfg.scenario == "fsdd-mnist" and cfg.partition == "natural" and cfg.sites != 6:
+            raise MMFedError("fsdd-mnist has 6 speaker sites: use --sites 6, or --partition iid|dirichlet:A")
+        target = run_dir or (Path(cfg.run_dir) if cfg.run_dir else None)
+        target = target or Path("runs") / f"fed-{cfg.scenario}-{time.strftime('%Y%m%d-%H%M%S')}"
+        # absolute paths: Ray's worker processes need not share this working directory
+        cfg = cfg.replace(
+            run_dir=str(target.resolve()),
+            data_dir=str(Path(cfg.data_dir).resolve()) if cfg.data_dir else "",
+            cache_dir=str(Path(cfg.cache_dir).resolve()) if cfg.cache_dir else "",
+        )
+    except MMFedError as exc:
+        _fail(exc)
+    console.print(
+        f"[bold]{cfg.scenario}[/]: {cfg.sites} sites, {cfg.rounds} rounds, {cfg.fusion} fusion, "
+        f"partition {cfg.partition}; results in {cfg.run_dir}",
+        highlight=False,
+    )
+    bar = Progress(
+        TextColumn("round"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    )
+    task = bar.add_task("rounds", total=cfg.rounds)
+
+    def on_round(row: dict) -> None:
+        bar.update(task, completed=row["round"])
+        bar.console.print(
+            f"round {row['round']:>3}  accuracy {row['accuracy']:7.2%}  loss {row['loss']:.4f}  "
+            f"sites {row.get('sites_accepted', 0)}/{cfg.sites}"
+            + (f" ({row['sites_rejected']} rejected)" if row.get("sites_rejected") else "")
+            + (f" ({row['sites_failed']} failed)" if row.get("sites_failed") else "")
+            + f"  {row['seconds']:5.1f}s",
+            highlight=False,
+        )
+
+    try:
+        with bar:
+            summary = run_simulation(
+                cfg,
+                cpus_per_site=cpus_per_site,
+                gpus_per_site=gpus_per_site,
+                ray_address=ray_address,
+                on_round=on_round,
+                verbose=verbose,
+            )
+    except (MMFedError, ValueError) as exc:
+        _fail(exc)
+    if not summary:
+        _fail(
+            MMFedError(f"the simulation ended without a result; see {cfg.run_dir} and rerun with --verbose")
+        )
+    acc = summary.get("global_accuracy")
+    console.print(
+        f"[bold green]global accuracy {acc:.2%}[/] after {summary['rounds_completed']} rounds"
+        if acc is not None
+        else "no round completed"
+    )
+    console.print(
+        f"results: {cfg.run_dir}/ (metrics.jsonl, summary.json, checkpoints/, "
+        "global_metrics.png, site_accuracy.png)"
+    )
+
+
 @data_app.command("check")
 def data_check(
     site_dir: Path,

@@ -185,6 +185,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     seed: int = 0
     augment: bool = True
+    modality_dropout: float = 0.0  # probability of hiding one modality of a training sample
     device: str = "auto"  # auto = CUDA when present, else CPU
     num_workers: int = 0
 
@@ -192,6 +193,8 @@ class TrainConfig:
         _check_positive("epochs", self.epochs)
         _check_positive("batch_size", self.batch_size)
         _check_positive("lr", self.lr)
+        if not 0 <= self.modality_dropout < 1:
+            raise ConfigError("modality_dropout", f"must be in [0, 1), got {self.modality_dropout}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ConfigError("device", f"{self.device!r}: use auto, cpu, cuda or cuda:N")
 

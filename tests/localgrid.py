@@ -20,8 +20,13 @@ class LocalGrid(Grid):
         TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
         self._ctx = {
             1000 + p: Context(
-                run_id=1, node_id=1000 + p, state=RecordDict(), run_config={},
-                node_config=(node_configs[p] if node_configs else {"partition-id": p, "num-partitions": num_nodes}),
+                run_id=1,
+                node_id=1000 + p,
+                state=RecordDict(),
+                run_config={},
+                node_config=(
+                    node_configs[p] if node_configs else {"partition-id": p, "num-partitions": num_nodes}
+                ),
             )
             for p in range(num_nodes)
         }
@@ -40,8 +45,9 @@ class LocalGrid(Grid):
         return self._run
 
     def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
-        return Message(content=content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id,
-                       ttl=ttl)
+        return Message(
+            content=content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id, ttl=ttl
+        )
 
     def get_node_ids(self):
         if self.closed:

@@ -18,8 +18,16 @@ from mmfed.federation.params import check_update
 def cfg(tmp_path_factory):
     cache = tmp_path_factory.getbasetemp() / "fed-cache"
     return FederationConfig(
-        scenario="synthetic", sites=3, modalities="image,audio", rounds=2, batch_size=16, augment=False,
-        cache_dir=str(cache), run_dir=str(tmp_path_factory.mktemp("run") / "run"), min_sites=2, site_wait_s=2,
+        scenario="synthetic",
+        sites=3,
+        modalities="image,audio",
+        rounds=2,
+        batch_size=16,
+        augment=False,
+        cache_dir=str(cache),
+        run_dir=str(tmp_path_factory.mktemp("run") / "run"),
+        min_sites=2,
+        site_wait_s=2,
     )
 
 
@@ -34,7 +42,7 @@ def run(cfg: FederationConfig, nodes: int | None = None) -> dict:
 
 
 def rows(cfg, **match):
-    lines = (cfg.run_dir + "/metrics.jsonl")
+    lines = cfg.run_dir + "/metrics.jsonl"
     out = [json.loads(x) for x in open(lines).read().splitlines()]
     return [r for r in out if all(r.get(k) == v for k, v in match.items())]
 
@@ -88,8 +96,12 @@ def corrupt(monkeypatch, site_name, how):
 
 @pytest.mark.parametrize(
     "how, status, needle",
-    [("nan", "rejected", "NaN"), ("shape", "rejected", "shape"), ("oversized", "rejected", "L2 norm"),
-     ("raise", "failed", "disk full at the hospital")],
+    [
+        ("nan", "rejected", "NaN"),
+        ("shape", "rejected", "shape"),
+        ("oversized", "rejected", "L2 norm"),
+        ("raise", "failed", "disk full at the hospital"),
+    ],
 )
 def test_bad_update_or_failing_site_is_named_and_round_completes(cfg, monkeypatch, how, status, needle):
     corrupt(monkeypatch, "site_00001", how)
@@ -216,7 +228,7 @@ def test_check_update_names_each_problem():
 def test_run_config_errors_name_the_setting():
     with pytest.raises(ConfigError, match="'locl-epochs'"):
         FederationConfig.from_mapping({"locl-epochs": 2})
-    with pytest.raises(ConfigError, match="'rounds'"):
+    with pytest.raises(ConfigError, match="'num-server-rounds'"):
         FederationConfig.from_mapping({"num-server-rounds": "many"})
     with pytest.raises(ConfigError, match="min-sites"):
         FederationConfig.from_mapping({"sites": 2, "min-sites": 3})

@@ -47,12 +47,21 @@ class Processors:
 class MultimodalDataset(Dataset):
     """Samples restricted to the run's modalities; samples with none of them are left out (counted)."""
 
-    def __init__(self, samples: Sequence[Sample], processors: Processors, augment: bool = False):
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        processors: Processors,
+        augment: bool = False,
+        modality_dropout: float = 0.0,
+    ):
         self.processors = processors
         self.modalities = processors.modalities
         self.samples = [s for s in samples if any(getattr(s, m) is not None for m in self.modalities)]
         self.dropped_no_modality = len(samples) - len(self.samples)
         self.augment = augment
+        # training only: hide one of a sample's modalities with this probability, so the fused model
+        # cannot lean on one modality alone (and copes when a site lacks one)
+        self.modality_dropout = modality_dropout
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -65,17 +74,20 @@ class MultimodalDataset(Dataset):
         p = self.processors
         # augmentation randomness comes from torch's RNG, so torch.manual_seed makes a run repeatable
         rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item())) if self.augment else None
+        present = [m for m in self.modalities if getattr(s, m) is not None]
+        if self.modality_dropout and len(present) > 1 and float(torch.rand(())) < self.modality_dropout:
+            present.pop(int(torch.randint(len(present), ())))
         item: dict[str, torch.Tensor] = {
             "label": torch.tensor(s.label, dtype=torch.long),
-            "presence": torch.tensor([getattr(s, m) is not None for m in self.modalities]),
+            "presence": torch.tensor([m in present for m in self.modalities]),
         }
-        if p.image is not None and s.image is not None:
+        if p.image is not None and "image" in present:
             item["image"] = p.image(s.image, augment=self.augment)
-        if p.audio is not None and s.audio is not None:
+        if p.audio is not None and "audio" in present:
             item["audio"] = torch.from_numpy(p.audio(s.audio, rng=rng))
-        if p.text is not None and s.text is not None:
+        if p.text is not None and "text" in present:
             item["text_ids"], item["text_mask"] = p.text(s.text)
-        if p.video is not None and s.video is not None:
+        if p.video is not None and "video" in present:
             item["video"] = p.video(s.video)
         return item
 

@@ -12,7 +12,6 @@ from typing import Any
 from mmfed.config import FUSIONS, ModelConfig, TrainConfig, config_hash, parse_modalities, to_jsonable
 from mmfed.errors import ConfigError
 
-
 # settings that may differ between a run and its resumption
 RESUMABLE_SETTINGS = ("rounds", "run_dir", "resume", "device", "site_wait_s")
 
@@ -93,7 +92,9 @@ class FederationConfig:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("config", f"{path}: not valid TOML ({exc})") from None
         data = data.get("federation", data)
-        return cls.from_mapping({**data, **{k: v for k, v in overrides.items() if v is not None}}, where=str(path))
+        return cls.from_mapping(
+            {**data, **{k: v for k, v in overrides.items() if v is not None}}, where=str(path)
+        )
 
     def to_run_config(self) -> dict[str, Any]:
         """Flat, Flower-style (dashed keys, scalar values) for the ServerApp/ClientApp contexts."""
@@ -105,8 +106,12 @@ class FederationConfig:
     # -- what the rest of the system needs ---------------------------------------------------------
     def train_config(self) -> TrainConfig:
         return TrainConfig(
-            epochs=self.local_epochs, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
-            augment=self.augment, device=self.device,
+            epochs=self.local_epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            seed=self.seed,
+            augment=self.augment,
+            device=self.device,
         )
 
     def model_config(self, scenario) -> ModelConfig:
@@ -114,11 +119,13 @@ class FederationConfig:
         missing = [m for m in mods if m not in scenario.modalities]
         if missing:
             raise ConfigError(
-                "modalities", f"scenario {scenario.name} has no {', '.join(missing)} data "
-                f"(it has {', '.join(scenario.modalities)})"
+                "modalities",
+                f"scenario {scenario.name} has no {', '.join(missing)} data "
+                f"(it has {', '.join(scenario.modalities)})",
             )
-        return ModelConfig.for_data(scenario.spec, modalities=mods, num_classes=len(scenario.labels),
-                                    fusion=self.fusion)
+        return ModelConfig.for_data(
+            scenario.spec, modalities=mods, num_classes=len(scenario.labels), fusion=self.fusion
+        )
 
     def identity_hash(self) -> str:
         """What must not change between a run and its resumption (not rounds, run dir or resume)."""

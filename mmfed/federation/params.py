@@ -21,7 +21,9 @@ def set_weights(model: nn.Module, weights: list[np.ndarray]) -> None:
     new = {}
     for (key, ref), array in zip(state.items(), weights, strict=True):
         if tuple(array.shape) != tuple(ref.shape):
-            raise ValueError(f"{key}: shape {tuple(array.shape)} does not match the model's {tuple(ref.shape)}")
+            raise ValueError(
+                f"{key}: shape {tuple(array.shape)} does not match the model's {tuple(ref.shape)}"
+            )
         new[key] = torch.as_tensor(np.asarray(array), dtype=ref.dtype)
     model.load_state_dict(new, strict=True)
 
@@ -52,7 +54,9 @@ def check_update(update: list[np.ndarray], reference: list[np.ndarray], max_norm
         total += float(np.square(u, dtype=np.float64).sum())
     norm = total**0.5
     if norm > max_norm:
-        return Verdict(False, f"update L2 norm {norm:.3g} exceeds the bound {max_norm:g} (max-update-norm)", norm)
+        return Verdict(
+            False, f"update L2 norm {norm:.3g} exceeds the bound {max_norm:g} (max-update-norm)", norm
+        )
     return Verdict(True, "", norm)
 
 

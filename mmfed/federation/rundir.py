@@ -39,13 +39,21 @@ class RunDir:
                 "or choose a new --run-dir (nothing was changed)"
             )
         if existing:
-            saved = json.loads((self.path / "config.json").read_text()) if (self.path / "config.json").exists() else {}
+            saved = (
+                json.loads((self.path / "config.json").read_text())
+                if (self.path / "config.json").exists()
+                else {}
+            )
             if saved.get("identity") != cfg.identity_hash():
                 theirs = saved.get("federation", {})
-                differ = [k for k, v in cfg.to_run_config().items()
-                          if k.replace("-", "_") not in RESUMABLE_SETTINGS and theirs.get(k) != v]
+                differ = [
+                    k
+                    for k, v in cfg.to_run_config().items()
+                    if k.replace("-", "_") not in RESUMABLE_SETTINGS and theirs.get(k) != v
+                ]
                 raise MMFedError(
-                    f"{self.path}: cannot resume: the run was made with other settings ({', '.join(differ) or 'unknown'}); "
+                    f"{self.path}: cannot resume: the run was made with other settings "
+                    f"({', '.join(differ) or 'unknown'}); "
                     "resume with the same settings or start a new --run-dir"
                 )
         self.path.mkdir(parents=True, exist_ok=True)
@@ -79,7 +87,9 @@ class RunDir:
         save_file(tensors, str(tmp), metadata={"mmfed": json.dumps(metadata, default=str)})
         os.replace(tmp, path)
         _write_json(path.with_suffix(".json"), metadata)
-        _write_json(self.checkpoints / LATEST, {"round": server_round, "file": path.name})  # last: commits the round
+        _write_json(
+            self.checkpoints / LATEST, {"round": server_round, "file": path.name}
+        )  # last: commits the round
         return path
 
     # -- metrics -----------------------------------------------------------------------------------
@@ -90,7 +100,11 @@ class RunDir:
 
     def metrics(self) -> list[dict[str, Any]]:
         path = self.path / "metrics.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+        return (
+            [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            if path.exists()
+            else []
+        )
 
     def drop_metrics_after(self, server_round: int) -> None:
         """A round that crashed half-way may have logged rows; its replay will log them again."""

@@ -46,13 +46,17 @@ def wait_for_sites(grid: Grid, minimum: int, timeout_s: float) -> int:
         time.sleep(0.5)
 
 
-def _server_evaluator(cfg: FederationConfig, scenario, model_cfg) -> Callable[[list], dict[str, float]] | None:
+def _server_evaluator(
+    cfg: FederationConfig, scenario, model_cfg
+) -> Callable[[list], dict[str, float]] | None:
     if not cfg.server_test_dir:
         return None
     samples = load_manifest(cfg.server_test_dir, labels=scenario.labels).split("test")
     data = MultimodalDataset(samples, Processors(scenario.spec, model_cfg.modalities))
     if not len(data):
-        raise MMFedError(f"{cfg.server_test_dir}: server-test-dir has no test samples for this run's modalities")
+        raise MMFedError(
+            f"{cfg.server_test_dir}: server-test-dir has no test samples for this run's modalities"
+        )
     model = build_model(model_cfg)
     device = select_device(cfg.device)
     from torch.utils.data import DataLoader
@@ -82,15 +86,29 @@ def run_server(
     initial = run_dir.load_round(done) if done else get_weights(model)
     if done:
         run_dir.drop_metrics_after(done)
-    run_dir.write_config(cfg, {
-        "labels": scenario.labels, "model": to_jsonable(model_cfg), "data": to_jsonable(scenario.spec),
-        "resume_info": {"from_round": done},
-    })
-    strategy = MMFedAvg(cfg, initial, run_dir, round_offset=done, on_round=on_round,
-                        server_eval=_server_evaluator(cfg, scenario, model_cfg), config_hash=config_hash(model_cfg))
+    run_dir.write_config(
+        cfg,
+        {
+            "labels": scenario.labels,
+            "model": to_jsonable(model_cfg),
+            "data": to_jsonable(scenario.spec),
+            "resume_info": {"from_round": done},
+        },
+    )
+    strategy = MMFedAvg(
+        cfg,
+        initial,
+        run_dir,
+        round_offset=done,
+        on_round=on_round,
+        server_eval=_server_evaluator(cfg, scenario, model_cfg),
+        config_hash=config_hash(model_cfg),
+    )
     if cfg.rounds > done:
         wait_for_sites(grid, cfg.min_sites, cfg.site_wait_s)
-        context = LegacyContext(context=context, config=ServerConfig(num_rounds=cfg.rounds - done), strategy=strategy)
+        context = LegacyContext(
+            context=context, config=ServerConfig(num_rounds=cfg.rounds - done), strategy=strategy
+        )
         DefaultWorkflow()(grid, context)
     summary = summarize(run_dir, cfg, strategy)
     write_plots(run_dir.metrics(), run_dir.path, title=f"{cfg.scenario}, {cfg.sites} sites")
@@ -103,7 +121,11 @@ def summarize(run_dir: RunDir, cfg: FederationConfig, strategy: MMFedAvg) -> dic
     rows = run_dir.metrics()
     glob = [r for r in rows if r.get("kind") == "global"]
     last = glob[-1] if glob else {}
-    sites = {r["site"]: r["accuracy"] for r in rows if r.get("kind") == "evaluate" and r["round"] == last.get("round")}
+    sites = {
+        r["site"]: r["accuracy"]
+        for r in rows
+        if r.get("kind") == "evaluate" and r["round"] == last.get("round")
+    }
     summary = {
         "rounds_completed": run_dir.last_round(),
         "rounds_planned": cfg.rounds,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import zlib
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from mmfed.config import ModelConfig
+from mmfed.config import ModelConfig, config_hash
 from mmfed.data.cache import default_cache_dir
 from mmfed.data.dataset import Collate, MultimodalDataset, Processors
 from mmfed.data.manifest import Sample, load_manifest
@@ -33,13 +34,17 @@ def federation_scenario(cfg: FederationConfig) -> Scenario:
     """The scenario every party of a simulated run derives its data and model shape from."""
     cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     return prepare_scenario(
-        cfg.scenario, data_dir=cfg.data_dir or None, cache_dir=cache, seed=cfg.seed,
+        cfg.scenario,
+        data_dir=cfg.data_dir or None,
+        cache_dir=cache,
+        seed=cfg.seed,
         num_sites=cfg.sites if cfg.scenario != "fsdd-mnist" else 6,
     )
 
 
-def site_samples(cfg: FederationConfig, scenario: Scenario, partition_id: int, num_partitions: int
-                 ) -> tuple[str, list[Sample]]:
+def site_samples(
+    cfg: FederationConfig, scenario: Scenario, partition_id: int, num_partitions: int
+) -> tuple[str, list[Sample]]:
     """(site name, samples) of partition `partition_id`."""
     if not 0 <= partition_id < num_partitions:
         raise ConfigError("partition-id", f"{partition_id} is outside 0..{num_partitions - 1}")
@@ -50,7 +55,7 @@ def site_samples(cfg: FederationConfig, scenario: Scenario, partition_id: int, n
                 f"scenario {scenario.name} has {len(scenario.sites)} natural sites but the federation has "
                 f"{num_partitions} nodes; run {len(scenario.sites)} sites or use --partition iid|dirichlet:A",
             )
-        site = scenario.sites[partition_id]
+        site = scenario.site(partition_id)
         return site.name, load_manifest(site, labels=scenario.labels).samples
     pooled = [s for m in scenario.load_sites() for s in m.samples]
     parts = partition(pooled, cfg.partition, num_partitions, seed=cfg.seed)
@@ -68,13 +73,24 @@ class SiteRuntime:
     model: torch.nn.Module = field(init=False)
 
     def __post_init__(self) -> None:
-        self.model = build_model(self.model_cfg).to(self.device)
+        # one model object per process and config: every fit/evaluate overwrites all of its weights
+        key = (config_hash(self.model_cfg), str(self.device))
+        if key not in _MODELS:
+            _MODELS[key] = build_model(self.model_cfg).to(self.device)
+        self.model = _MODELS[key]
 
     def loader(self, dataset: MultimodalDataset, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=self.collate,
-                          generator=torch.Generator().manual_seed(seed))
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            collate_fn=self.collate,
+            generator=torch.Generator().manual_seed(seed),
+        )
 
-    def fit(self, weights: list, cfg: FederationConfig, server_round: int) -> tuple[list, int, dict[str, Any]]:
+    def fit(
+        self, weights: list, cfg: FederationConfig, server_round: int
+    ) -> tuple[list, int, dict[str, Any]]:
         """Local training from the global weights; returns (delta, examples, metrics)."""
         if not len(self.train):
             raise ConfigError("site", f"site {self.name} has no training samples for this run's modalities")
@@ -102,7 +118,10 @@ class SiteRuntime:
         return result.loss, result.examples, {"site": self.name, "accuracy": result.accuracy}
 
 
-_RUNTIMES: dict[tuple, SiteRuntime] = {}
+_MODELS: dict[tuple, torch.nn.Module] = {}
+# a simulation process serves many sites in turn: keep the few most recent, not all of them
+_RUNTIMES: OrderedDict[tuple, SiteRuntime] = OrderedDict()
+MAX_CACHED_SITES = 8
 
 
 def load_site(cfg: FederationConfig, node_config: dict[str, Any]) -> SiteRuntime:
@@ -115,6 +134,7 @@ def load_site(cfg: FederationConfig, node_config: dict[str, Any]) -> SiteRuntime
             raise ConfigError("node-config", "set site-dir=PATH (deployment) or partition-id (simulation)")
         key = (cfg.identity_hash(), int(node_config["partition-id"]), int(node_config["num-partitions"]))
     if key in _RUNTIMES:
+        _RUNTIMES.move_to_end(key)
         return _RUNTIMES[key]
     if site_dir:
         scenario = from_site_dirs([site_dir])
@@ -124,8 +144,11 @@ def load_site(cfg: FederationConfig, node_config: dict[str, Any]) -> SiteRuntime
         scenario = federation_scenario(cfg)
         name, samples = site_samples(cfg, scenario, key[1], key[2])
     model_cfg = cfg.model_config(scenario)
-    processors = Processors(scenario.spec, model_cfg.modalities,
-                            cache_dir=(Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()) / "features")
+    processors = Processors(
+        scenario.spec,
+        model_cfg.modalities,
+        cache_dir=(Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()) / "features",
+    )
     runtime = SiteRuntime(
         name=name,
         model_cfg=model_cfg,
@@ -135,4 +158,6 @@ def load_site(cfg: FederationConfig, node_config: dict[str, Any]) -> SiteRuntime
         device=select_device(cfg.device),
     )
     _RUNTIMES[key] = runtime
+    while len(_RUNTIMES) > MAX_CACHED_SITES:
+        _RUNTIMES.popitem(last=False)
     return runtime

@@ -57,8 +57,9 @@ class MMFedAvg(FedAvg):
             accept_failures=True,
         )
         self.cfg = cfg
-        self.weights = [np.asarray(w, dtype=np.float32) if np.issubdtype(w.dtype, np.floating) else w
-                        for w in initial]
+        self.weights = [
+            np.asarray(w, dtype=np.float32) if np.issubdtype(w.dtype, np.floating) else w for w in initial
+        ]
         self.run_dir = run_dir
         self.offset = round_offset
         self.server_eval = server_eval
@@ -108,7 +109,9 @@ class MMFedAvg(FedAvg):
         for failure in failures:
             reason = _failure_reason(failure)
             log.warning("round %d: a site failed: %s", rnd, reason)
-            rows.append({"round": rnd, "site": "unknown", "kind": "fit", "status": "failed", "reason": reason})
+            rows.append(
+                {"round": rnd, "site": "unknown", "kind": "fit", "status": "failed", "reason": reason}
+            )
         self.run_dir.log(rows)
         self._fit_summary = {
             "sites_accepted": len(accepted),
@@ -117,9 +120,11 @@ class MMFedAvg(FedAvg):
             "train_seconds_sum": sum(float(r.get("train_seconds", 0.0)) for r in rows),
         }
         if len(accepted) < self.cfg.min_sites:
+            summary = self._fit_summary
             self.stopped = (
-                f"round {rnd}: only {len(accepted)} usable site update(s), fewer than min-sites={self.cfg.min_sites}"
-                f" ({self._fit_summary['sites_rejected']} rejected, {self._fit_summary['sites_failed']} failed; "
+                f"round {rnd}: only {len(accepted)} usable site update(s), "
+                f"fewer than min-sites={self.cfg.min_sites}"
+                f" ({summary['sites_rejected']} rejected, {summary['sites_failed']} failed; "
                 "see metrics.jsonl); the run stopped and keeps the checkpoints of the rounds before"
             )
             log.error(self.stopped)
@@ -131,11 +136,14 @@ class MMFedAvg(FedAvg):
         ]
         fit_metrics = {
             "train_loss": _weighted([(r["examples"], r["loss"]) for r in rows if r["status"] == "accepted"]),
-            "train_accuracy": _weighted([(r["examples"], r["accuracy"]) for r in rows if r["status"] == "accepted"]),
+            "train_accuracy": _weighted(
+                [(r["examples"], r["accuracy"]) for r in rows if r["status"] == "accepted"]
+            ),
         }
         self._fit_summary.update(fit_metrics)
-        self.run_dir.save_round(rnd, self.weights, {"round": rnd, "config_hash": self.config_hash,
-                                                    **self._fit_summary})
+        self.run_dir.save_round(
+            rnd, self.weights, {"round": rnd, "config_hash": self.config_hash, **self._fit_summary}
+        )
         return ndarrays_to_parameters(self.weights), fit_metrics
 
     # -- evaluation --------------------------------------------------------------------------------
@@ -155,17 +163,25 @@ class MMFedAvg(FedAvg):
     def aggregate_evaluate(self, server_round: int, results, failures):
         rnd = self._round(server_round)
         rows = [
-            {"round": rnd, "site": str(res.metrics.get("site", proxy.cid)), "kind": "evaluate",
-             "loss": res.loss, "accuracy": float(res.metrics.get("accuracy", float("nan"))),
-             "examples": res.num_examples}
+            {
+                "round": rnd,
+                "site": str(res.metrics.get("site", proxy.cid)),
+                "kind": "evaluate",
+                "loss": res.loss,
+                "accuracy": float(res.metrics.get("accuracy", float("nan"))),
+                "examples": res.num_examples,
+            }
             for proxy, res in sorted(results, key=lambda r: str(r[1].metrics.get("site", r[0].cid)))
         ]
         total = sum(r["examples"] for r in rows)
         glob = {
-            "round": rnd, "kind": "global",
+            "round": rnd,
+            "kind": "global",
             "accuracy": _weighted([(r["examples"], r["accuracy"]) for r in rows]) if total else float("nan"),
             "loss": _weighted([(r["examples"], r["loss"]) for r in rows]) if total else float("nan"),
-            "examples": total, "sites_evaluated": len(rows), "sites_eval_failed": len(failures),
+            "examples": total,
+            "sites_evaluated": len(rows),
+            "sites_eval_failed": len(failures),
             **self._fit_summary,
             "seconds": time.perf_counter() - self._round_start,
         }

@@ -105,7 +105,9 @@ def train_centralized(
     sites = scenario.load_sites(on_bad_row=on_bad_row, report_dir=run_dir)
     processors = Processors(scenario.spec, mods, cache_dir=(cache_dir or default_cache_dir()) / "features")
     pooled = {split: [s for site in sites for s in site.split(split)] for split in ("train", "val", "test")}
-    train_ds = MultimodalDataset(pooled["train"], processors, augment=train.augment)
+    train_ds = MultimodalDataset(
+        pooled["train"], processors, augment=train.augment, modality_dropout=train.modality_dropout
+    )
     test_ds = MultimodalDataset(pooled["test"], processors)
     val_ds = MultimodalDataset(pooled["val"], processors)
     if not len(train_ds) or not len(test_ds):

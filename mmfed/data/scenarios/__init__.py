@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,11 +26,18 @@ class Scenario:
     labels: list[str]
     modalities: tuple[str, ...]  # what the scenario's data holds
     spec: DataSpec = field(default_factory=DataSpec)
+    # lazy scenarios (synthetic) write a site only when it is first used: a 1,000-site run on one
+    # machine should not make every process write every site
+    make_site: Callable[[int], Path] | None = field(default=None, repr=False)
+
+    def site(self, index: int) -> Path:
+        return self.make_site(index) if self.make_site else self.sites[index]
 
     def load_sites(self, on_bad_row: str = "fail", report_dir: Path | None = None) -> list[SiteManifest]:
         """Every site's manifest, validated, all with the scenario's class order."""
         out = []
-        for site in self.sites:
+        for index in range(len(self.sites)):
+            site = self.site(index)
             report = None if report_dir is None else Path(report_dir) / f"skipped_rows_{site.name}.csv"
             out.append(load_manifest(site, on_bad_row=on_bad_row, report_path=report, labels=self.labels))
         return out
@@ -66,12 +74,16 @@ def prepare_scenario(
         sites = generate_fsdd_mnist(cache / "scenarios" / f"fsdd-mnist-{tag}-s{seed}", data_dir, seed=seed)
         return Scenario(name, sites, labels, ("image", "audio"))
     if name == "synthetic":
-        from mmfed.data.scenarios.synthetic import synthetic_site
+        from mmfed.data.scenarios.synthetic import synthetic_site, synthetic_site_path
 
         mods = parse_modalities(modalities)
         root = cache / "scenarios" / "synthetic"
-        sites = [synthetic_site(root, i, samples_per_site, 10, mods, seed) for i in range(num_sites)]
-        return Scenario(name, sites, labels, mods)
+
+        def make(index: int) -> Path:
+            return synthetic_site(root, index, samples_per_site, 10, mods, seed)
+
+        sites = [synthetic_site_path(root, i, samples_per_site, 10, mods, seed) for i in range(num_sites)]
+        return Scenario(name, sites, labels, mods, make_site=make)
     raise ConfigError("scenario", f"{name!r} is not one of {', '.join(SCENARIOS)}")
 
 

@@ -103,6 +103,14 @@ def _write_site(
     return site
 
 
+def synthetic_site_path(
+    root: Path, index: int, samples: int, num_classes: int, modalities: tuple[str, ...], seed: int
+) -> Path:
+    """Where site `index` lives (written or not)."""
+    tag = "".join(m[0] for m in MODALITIES if m in modalities)
+    return Path(root) / f"n{samples}-c{num_classes}-{tag}-s{seed}" / f"site_{index:05d}"
+
+
 def synthetic_site(
     root: Path,
     index: int,
@@ -114,8 +122,7 @@ def synthetic_site(
     """Site `index` of a synthetic federation, written under `root` on first use."""
     mods = parse_modalities(modalities)
     key = f"{GENERATOR_VERSION}:{index}:{samples}:{num_classes}:{','.join(mods)}:{seed}"
-    tag = "".join(m[0] for m in MODALITIES if m in mods)
-    site_root = Path(root) / f"n{samples}-c{num_classes}-{tag}-s{seed}" / f"site_{index:05d}"
+    site_root = synthetic_site_path(root, index, samples, num_classes, mods, seed)
     return build_once(
         site_root, key, lambda tmp: [_write_site(tmp, index, samples, num_classes, mods, seed)]
     )[0]

@@ -1,0 +1,72 @@
+"""`mmfed simulate` end to end on Flower's simulation engine (Ray): the path users run."""
+
+import json
+
+import psutil
+import pytest
+from typer.testing import CliRunner
+
+from mmfed.cli import app
+
+
+@pytest.mark.slow
+def test_simulate_cli_runs_a_federation_and_leaves_no_ray_processes(tmp_path):
+    run_dir = tmp_path / "run"
+    args = [
+        "simulate",
+        "--scenario",
+        "synthetic",
+        "--sites",
+        "2",
+        "--rounds",
+        "2",
+        "--modalities",
+        "image,audio",
+        "--fusion",
+        "late",
+        "--min-sites",
+        "2",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--run-dir",
+        str(run_dir),
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (
+        "round   2" in result.output and "global accuracy" in result.output and str(run_dir) in result.output
+    )
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rounds_completed"] == 2
+    assert (run_dir / "global_metrics.png").stat().st_size > 0
+    leftovers = [p.name() for p in psutil.Process().children(recursive=True)]
+    assert not [n for n in leftovers if "ray" in n or "raylet" in n or "gcs" in n], leftovers
+    # the same run dir is refused without --resume, and extended with it
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 2 and "--resume" in again.output
+    more = CliRunner().invoke(app, [*args[:-2], "--rounds", "3", "--resume", "--run-dir", str(run_dir)])
+    assert more.exit_code == 0, more.output
+    assert json.loads((run_dir / "summary.json").read_text())["rounds_completed"] == 3
+
+
+def test_simulate_rejects_bad_settings_before_starting(tmp_path):
+    result = CliRunner().invoke(
+        app,
+        [
+            "simulate",
+            "--scenario",
+            "fsdd-mnist",
+            "--data-dir",
+            str(tmp_path),
+            "--sites",
+            "4",
+            "--run-dir",
+            str(tmp_path / "r"),
+        ],
+    )
+    assert result.exit_code == 2 and "6 speaker sites" in result.output
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[federation]\nscenario = 'digits-av'\nlocal_epocs = 2\n")
+    result = CliRunner().invoke(app, ["simulate", "--config", str(bad)])
+    assert result.exit_code == 2 and "local_epocs" in result.output and "bad.toml" in result.output
+    assert not (tmp_path / "r").exists()
