@@ -54,7 +54,9 @@ def main(names: list[str]) -> None:
         f"torch {torch.__version__}.",
         "",
     ]
-    body = "\n".join(f"<!-- section:{n} -->\n{sections[n]}<!-- /section -->\n" for n in ORDER if n in sections)
+    body = "\n".join(
+        f"<!-- section:{n} -->\n{sections[n]}<!-- /section -->\n" for n in ORDER if n in sections
+    )
     TARGET.write_text("\n".join(header) + "\n" + body)
     print(f"wrote {TARGET}")
 

@@ -77,6 +77,9 @@ def train(
     lr: float = 2e-3,
     seed: int = 0,
     augment: Annotated[bool, typer.Option(help="audio/image augmentation while training")] = True,
+    modality_dropout: Annotated[
+        float, typer.Option(help="chance of hiding one modality of a training sample")
+    ] = 0.3,
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:N")] = "auto",
     on_bad_row: Annotated[
         OnBadRow, typer.Option(help="fail, or skip bad manifest rows (report in run dir)")

@@ -185,7 +185,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     seed: int = 0
     augment: bool = True
-    modality_dropout: float = 0.0  # probability of hiding one modality of a training sample
+    modality_dropout: float = 0.3  # probability of hiding one modality of a training sample (fusion only)
     device: str = "auto"  # auto = CUDA when present, else CPU
     num_workers: int = 0
 

@@ -29,6 +29,7 @@ class FederationConfig:
     batch_size: int = 32
     lr: float = 2e-3
     augment: bool = True
+    modality_dropout: float = 0.3  # hide one of a training sample's modalities with this probability
     seed: int = 0
     min_sites: int = 2  # fewer usable updates than this in a round stops the run
     fraction_fit: float = 1.0
@@ -58,6 +59,8 @@ class FederationConfig:
             raise ConfigError("fraction-fit", f"must be in (0, 1], got {self.fraction_fit}")
         if not self.max_update_norm > 0:
             raise ConfigError("max-update-norm", f"must be > 0, got {self.max_update_norm}")
+        if not 0 <= self.modality_dropout < 1:
+            raise ConfigError("modality-dropout", f"must be in [0, 1), got {self.modality_dropout}")
         if not self.lr > 0:
             raise ConfigError("lr", f"must be > 0, got {self.lr}")
         kind = self.partition.split(":", 1)[0]

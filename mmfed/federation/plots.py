@@ -13,6 +13,7 @@ def write_plots(rows: list[dict[str, Any]], out_dir: Path, title: str = "") -> l
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     glob = sorted((r for r in rows if r.get("kind") == "global"), key=lambda r: r["round"])
     if not glob:
@@ -26,6 +27,7 @@ def write_plots(rows: list[dict[str, Any]], out_dir: Path, title: str = "") -> l
     ax_loss.set(xlabel="round", ylabel="test loss", title="global model, federated evaluation")
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title)
     fig.tight_layout()
     written.append(out_dir / "global_metrics.png")
@@ -42,6 +44,7 @@ def write_plots(rows: list[dict[str, Any]], out_dir: Path, title: str = "") -> l
         ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=site)
     ax.set(xlabel="round", ylabel="test accuracy (%)", title=f"accuracy per site {title}".strip())
     ax.grid(alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if len(per_site) <= 12:
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -152,7 +152,12 @@ def load_site(cfg: FederationConfig, node_config: dict[str, Any]) -> SiteRuntime
     runtime = SiteRuntime(
         name=name,
         model_cfg=model_cfg,
-        train=MultimodalDataset([s for s in samples if s.split == "train"], processors, augment=cfg.augment),
+        train=MultimodalDataset(
+            [s for s in samples if s.split == "train"],
+            processors,
+            augment=cfg.augment,
+            modality_dropout=cfg.modality_dropout,
+        ),
         test=MultimodalDataset([s for s in samples if s.split == "test"], processors),
         collate=Collate(scenario.spec, model_cfg.modalities),
         device=select_device(cfg.device),
