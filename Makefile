@@ -29,7 +29,7 @@ run: setup
 
 # the same apps under Flower's own launcher; `flwr run` leaves a local SuperLink behind: stop it
 flwr-run: setup
-	$(BIN)/flwr run . --stream; status=$$?; pkill -f '[f]lower-superlink .*--port 39091'; exit $$status
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/flwr run . --stream; status=$$?; pkill -f '[f]lower-superlink .*--port 39091'; exit $$status
 
 test: setup
 	$(BIN)/python -m pytest
