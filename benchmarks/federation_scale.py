@@ -20,6 +20,8 @@ from common import table  # noqa: E402
 from mmfed.federation.config import FederationConfig  # noqa: E402
 from mmfed.federation.simulation import simulate  # noqa: E402
 
+SAMPLES = 20  # per site
+
 
 class PeakRSS:
     def __init__(self) -> None:
@@ -65,6 +67,7 @@ def main(sizes: tuple[int, ...] = (100, 1000)) -> str:
             run_dir=str(cache / f"run{n}"),
             augment=False,
             site_wait_s=600,
+            samples_per_site=SAMPLES,
         )
         with PeakRSS() as rss:
             t0 = time.perf_counter()
@@ -84,7 +87,7 @@ def main(sizes: tuple[int, ...] = (100, 1000)) -> str:
         [
             "## Federation scale: one round with many sites",
             "",
-            "`python benchmarks/federation_scale.py` — `synthetic` scenario, image+audio, late fusion, 50 samples "
+            f"`python benchmarks/federation_scale.py` — `synthetic` scenario, image+audio, late fusion, {SAMPLES} samples "
             "per site (written on first use, inside the measured time), 1 round: every site trains 1 local epoch "
             "and is evaluated. Ray on this machine's CPUs, one site per CPU at a time.",
             "",

@@ -70,3 +70,19 @@ def test_augmented_dataset_is_reproducible_under_torch_seed(tmp_path):
     torch.manual_seed(5)
     b = ds[0]
     assert torch.equal(a["audio"], b["audio"]) and torch.equal(a["image"], b["image"])
+
+
+def test_modality_dropout_hides_exactly_one_of_several_modalities(tmp_path):
+    site = synthetic_site(tmp_path / "syn", 3, samples=20, modalities=("image", "audio"))
+    procs = Processors(DataSpec(), ("image", "audio"), cache_dir=tmp_path / "c")
+    samples = load_manifest(site).samples
+    always = MultimodalDataset(samples, procs, modality_dropout=0.999)
+    torch.manual_seed(0)
+    items = [always[i] for i in range(len(always))]
+    assert all(int(it["presence"].sum()) == 1 for it in items)
+    assert {tuple(it["presence"].tolist()) for it in items} == {(True, False), (False, True)}
+    assert all(("image" in it) == bool(it["presence"][0]) for it in items)
+    never = MultimodalDataset(samples, procs)
+    assert all(bool(never[i]["presence"].all()) for i in range(len(never)))
+    image_only = MultimodalDataset(samples, Processors(DataSpec(), ["image"]), modality_dropout=0.999)
+    assert all(bool(image_only[i]["presence"].all()) for i in range(3))  # never drops the only modality

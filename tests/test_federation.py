@@ -235,3 +235,13 @@ def test_run_config_errors_name_the_setting():
     cfg = FederationConfig.from_mapping({"num-server-rounds": 4, "augment": "false", "lr": "0.01"})
     assert (cfg.rounds, cfg.augment, cfg.lr) == (4, False, 0.01)
     assert FederationConfig.from_mapping(cfg.to_run_config()) == cfg
+
+
+def test_round_learning_rate_decays_from_lr_to_a_tenth():
+    cfg = FederationConfig(rounds=5, lr=0.01)
+    lrs = [cfg.round_lr(r) for r in range(1, 6)]
+    assert lrs[0] == pytest.approx(0.01) and lrs[-1] == pytest.approx(0.001)
+    assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False))
+    assert cfg.replace(lr_schedule="constant").round_lr(5) == 0.01
+    with pytest.raises(ConfigError, match="lr-schedule"):
+        FederationConfig(lr_schedule="step").validate()

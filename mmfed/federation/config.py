@@ -4,6 +4,7 @@ file, or the `mmfed simulate` options), validated with messages that name the se
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ class FederationConfig:
     scenario: str = "digits-av"
     data_dir: str = ""  # fsdd-mnist: folder with fsdd/ and mnist/
     sites: int = 6
+    samples_per_site: int = 50  # synthetic only
     partition: str = "natural"  # natural | iid | dirichlet:ALPHA
     modalities: str = ""  # empty: every modality the scenario has
     fusion: str = "attention"
@@ -28,6 +30,7 @@ class FederationConfig:
     local_epochs: int = 1
     batch_size: int = 32
     lr: float = 2e-3
+    lr_schedule: str = "cosine"  # cosine: the sites' learning rate decays over the rounds to 10%; or constant
     augment: bool = True
     modality_dropout: float = 0.3  # hide one of a training sample's modalities with this probability
     seed: int = 0
@@ -63,6 +66,8 @@ class FederationConfig:
             raise ConfigError("modality-dropout", f"must be in [0, 1), got {self.modality_dropout}")
         if not self.lr > 0:
             raise ConfigError("lr", f"must be > 0, got {self.lr}")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ConfigError("lr-schedule", f"{self.lr_schedule!r}: use cosine or constant")
         kind = self.partition.split(":", 1)[0]
         if kind not in ("natural", "iid", "dirichlet"):
             raise ConfigError("partition", f"{self.partition!r}: use natural, iid or dirichlet:ALPHA")
@@ -107,6 +112,14 @@ class FederationConfig:
         return dataclasses.replace(self, **changes)
 
     # -- what the rest of the system needs ---------------------------------------------------------
+    def round_lr(self, server_round: int) -> float:
+        """Sites' learning rate in a round: late rounds take smaller steps, so the global model settles
+        instead of being pulled back and forth by non-IID sites."""
+        if self.lr_schedule == "constant" or self.rounds <= 1:
+            return self.lr
+        progress = min(max(server_round - 1, 0) / (self.rounds - 1), 1.0)
+        return self.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
     def train_config(self) -> TrainConfig:
         return TrainConfig(
             epochs=self.local_epochs,

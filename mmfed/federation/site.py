@@ -39,6 +39,8 @@ def federation_scenario(cfg: FederationConfig) -> Scenario:
         cache_dir=cache,
         seed=cfg.seed,
         num_sites=cfg.sites if cfg.scenario != "fsdd-mnist" else 6,
+        samples_per_site=cfg.samples_per_site,
+        modalities=cfg.modalities or ("image", "audio", "text"),  # synthetic: write only what is used
     )
 
 
@@ -100,7 +102,7 @@ class SiteRuntime:
         set_weights(self.model, weights)
         self.model.to(self.device)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr)
+        optimizer = torch.optim.AdamW(params, lr=cfg.round_lr(server_round))
         loader = self.loader(self.train, cfg.batch_size, True, seed)
         start = time.perf_counter()
         fit = Metrics()
