@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmfed.config import FUSIONS, ModelConfig, TrainConfig, config_hash, parse_modalities, to_jsonable
+from mmfed.config import FUSIONS, ModelConfig, config_hash, parse_modalities, to_jsonable
 from mmfed.errors import ConfigError
 
 # settings that may differ between a run and its resumption
@@ -120,25 +120,8 @@ class FederationConfig:
         progress = min(max(server_round - 1, 0) / (self.rounds - 1), 1.0)
         return self.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
-    def train_config(self) -> TrainConfig:
-        return TrainConfig(
-            epochs=self.local_epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            seed=self.seed,
-            augment=self.augment,
-            device=self.device,
-        )
-
     def model_config(self, scenario) -> ModelConfig:
-        mods = parse_modalities(self.modalities) if self.modalities else scenario.modalities
-        missing = [m for m in mods if m not in scenario.modalities]
-        if missing:
-            raise ConfigError(
-                "modalities",
-                f"scenario {scenario.name} has no {', '.join(missing)} data "
-                f"(it has {', '.join(scenario.modalities)})",
-            )
+        mods = scenario.run_modalities(self.modalities)
         return ModelConfig.for_data(
             scenario.spec, modalities=mods, num_classes=len(scenario.labels), fusion=self.fusion
         )

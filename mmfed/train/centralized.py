@@ -18,11 +18,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from mmfed.checkpoint import save_checkpoint
-from mmfed.config import ModelConfig, TrainConfig, config_hash, parse_modalities, to_jsonable
+from mmfed.config import ModelConfig, TrainConfig, config_hash, to_jsonable
 from mmfed.data.cache import default_cache_dir
 from mmfed.data.dataset import Collate, MultimodalDataset, Processors
 from mmfed.data.scenarios import Scenario
-from mmfed.errors import ConfigError, MMFedError
+from mmfed.errors import MMFedError
 from mmfed.models import build_model, count_parameters
 from mmfed.train.loop import Metrics, evaluate, seed_everything, select_device, train_epoch
 
@@ -86,14 +86,7 @@ def train_centralized(
     train = train or TrainConfig()
     train.validate()
     progress = progress or Progress()
-    mods = parse_modalities(modalities) if modalities else scenario.modalities
-    missing = [m for m in mods if m not in scenario.modalities]
-    if missing:
-        raise ConfigError(
-            "modalities",
-            f"scenario {scenario.name} has no {', '.join(missing)} data "
-            f"(it has {', '.join(scenario.modalities)})",
-        )
+    mods = scenario.run_modalities(modalities)
     model_cfg = ModelConfig.for_data(
         scenario.spec, modalities=mods, num_classes=len(scenario.labels), **(model_options or {})
     )

@@ -30,6 +30,18 @@ class Scenario:
     # machine should not make every process write every site
     make_site: Callable[[int], Path] | None = field(default=None, repr=False)
 
+    def run_modalities(self, requested: str | tuple[str, ...] | None) -> tuple[str, ...]:
+        """The modalities a run asked for (all the scenario has when none), checked against the data."""
+        mods = parse_modalities(requested) if requested else self.modalities
+        missing = [m for m in mods if m not in self.modalities]
+        if missing:
+            raise ConfigError(
+                "modalities",
+                f"scenario {self.name} has no {', '.join(missing)} data "
+                f"(it has {', '.join(self.modalities)})",
+            )
+        return mods
+
     def site(self, index: int) -> Path:
         return self.make_site(index) if self.make_site else self.sites[index]
 
