@@ -19,32 +19,25 @@ stratified split puts ~20% of each digit in `test`. Layout under `root`:
 <id> is `d` + the image's index in load_digits() (d0000..d1796); <k> counts from 0, like Flower's
 partition-id.
 
-Generated once: built in a temporary sibling directory and renamed into place, so `root` either holds a
-complete generation (with its marker) or nothing; a crash leaves only a stale temporary directory, which
-the next generation removes. Concurrent callers (e.g. the ClientApps of a simulation) serialise on a
-lock file, and later calls return at once.
+Generated once, atomically and under a lock (mmfed.data.scenarios.build): a crash leaves nothing that
+is used, concurrent callers (the ClientApps of a simulation) generate once, later calls return at once.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import io
-import json
 import math
-import os
 import re
-import shutil
-import tempfile
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from mmfed.data.manifest import write_manifest
+from mmfed.data.scenarios.build import build_once
 from mmfed.data.tts import synthesize
-from mmfed.errors import ConfigError, DataError
+from mmfed.errors import ConfigError
 
 SCENARIO = "digits-av"
 GENERATOR_VERSION = 1  # bump when the output changes, so existing generations are rebuilt
@@ -96,32 +89,9 @@ def generate_digits_av(root: Path, seed: int = 0, num_sites: int = 6) -> list[Pa
     most = len(DIGITS_AV_VOICES)
     if not 1 <= num_sites <= most:
         raise ConfigError("num_sites", f"digits-av has {most} voices, so 1..{most} sites; got {num_sites}")
-    expected = _marker(seed, num_sites)
-    found = _existing(root, expected)
-    if found is not None:
-        return found
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive(root):
-        found = _existing(root, expected)  # another process may have finished while we waited
-        if found is not None:
-            return found
-        if root.exists() and any(root.iterdir()) and not (root / MARKER_NAME).exists():
-            raise DataError(
-                f"{root} exists and is not a {SCENARIO} generation (it has no {MARKER_NAME}); "
-                "empty it or choose another directory"
-            )
-        _remove_leftovers(root)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-        tmp.chmod(0o755)  # mkdtemp makes it private; the generation is ordinary shared data
-        try:
-            _write_sites(tmp, seed, num_sites)
-            # The marker goes in last: a directory with a marker is a complete generation.
-            (tmp / MARKER_NAME).write_text(json.dumps(expected, indent=2) + "\n", encoding="utf-8")
-            _swap_in(tmp, root)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return [root / name for name in expected["sites"]]
+    return build_once(
+        root, _marker(seed, num_sites), lambda tmp: _write_sites(tmp, seed, num_sites), MARKER_NAME
+    )
 
 
 def _marker(seed: int, num_sites: int) -> dict:
@@ -131,59 +101,12 @@ def _marker(seed: int, num_sites: int) -> dict:
         "generator_version": GENERATOR_VERSION,
         "seed": int(seed),
         "num_sites": num_sites,
-        "sites": [site_name(k, v) for k, v in enumerate(voices)],
         "voices": [asdict(v) for v in voices],
         "audio_sample_rate": AUDIO_SAMPLE_RATE,
     }
 
 
-def _existing(root: Path, expected: dict) -> list[Path] | None:
-    """The site dirs of a complete matching generation under root, else None."""
-    try:
-        marker = json.loads((root / MARKER_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if marker != expected:
-        return None
-    sites = [root / name for name in expected["sites"]]
-    return sites if all((s / "manifest.csv").is_file() for s in sites) else None
-
-
-@contextlib.contextmanager
-def _exclusive(root: Path) -> Iterator[None]:
-    """Hold an exclusive lock next to root, so concurrent callers generate once and the others wait."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock; the atomic rename still keeps a generation whole
-        yield
-        return
-    with (root.parent / f".{root.name}.lock").open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _remove_leftovers(root: Path) -> None:
-    # Called under the lock: no generation is running, so any temporary sibling is from a crashed one.
-    for pattern in (f".{root.name}.tmp-*", f".{root.name}.old-*"):
-        for path in root.parent.glob(pattern):
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _swap_in(tmp: Path, root: Path) -> None:
-    if root.exists():
-        # rename() cannot replace a non-empty directory: move the old generation aside first.
-        old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
-        os.rename(root, old / "x")
-        os.rename(tmp, root)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, root)
-
-
-def _write_sites(out: Path, seed: int, num_sites: int) -> None:
+def _write_sites(out: Path, seed: int, num_sites: int) -> list[Path]:
     import soundfile
     from PIL import Image
     from sklearn.datasets import load_digits
@@ -193,6 +116,7 @@ def _write_sites(out: Path, seed: int, num_sites: int) -> None:
     targets = digits.target.astype(int)
     order = np.random.default_rng([seed, 0]).permutation(len(targets))
 
+    sites = []
     for k, indices in enumerate(np.array_split(order, num_sites)):  # deal: sizes differ by at most one
         voice = DIGITS_AV_VOICES[k]
         site = out / site_name(k, voice)
@@ -219,6 +143,8 @@ def _write_sites(out: Path, seed: int, num_sites: int) -> None:
                 "voice": voice.name,
             })  # fmt: skip
         write_manifest(site, rows, LABELS)
+        sites.append(site)
+    return sites
 
 
 def _stratified_test(indices: np.ndarray, targets: np.ndarray) -> set[int]:

@@ -127,4 +127,5 @@ def generate_fsdd_mnist(root: Path, data_dir: Path, seed: int = 0) -> list[Path]
     """Site directories (one per speaker) under `root`, built once per (data_dir, seed)."""
     data_dir = Path(data_dir)
     list_recordings(data_dir)  # fail early, before creating anything, if the data dir is wrong
-    return build_once(Path(root), f"{GENERATOR_VERSION}:seed={seed}", lambda tmp: _write(tmp, data_dir, seed))
+    settings = {"scenario": "fsdd-mnist", "generator": GENERATOR_VERSION, "seed": seed}
+    return build_once(Path(root), settings, lambda tmp: _write(tmp, data_dir, seed))

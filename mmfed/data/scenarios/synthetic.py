@@ -121,8 +121,16 @@ def synthetic_site(
 ) -> Path:
     """Site `index` of a synthetic federation, written under `root` on first use."""
     mods = parse_modalities(modalities)
-    key = f"{GENERATOR_VERSION}:{index}:{samples}:{num_classes}:{','.join(mods)}:{seed}"
+    settings = {
+        "scenario": "synthetic",
+        "generator": GENERATOR_VERSION,
+        "site": index,
+        "samples": samples,
+        "classes": num_classes,
+        "modalities": list(mods),
+        "seed": seed,
+    }
     site_root = synthetic_site_path(root, index, samples, num_classes, mods, seed)
     return build_once(
-        site_root, key, lambda tmp: [_write_site(tmp, index, samples, num_classes, mods, seed)]
+        site_root, settings, lambda tmp: [_write_site(tmp, index, samples, num_classes, mods, seed)]
     )[0]
