@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -44,8 +43,3 @@ def load_checkpoint(model: nn.Module, path: Path) -> dict[str, Any]:
     with safe_open(str(path), framework="pt") as fh:
         meta = (fh.metadata() or {}).get("mmfed", "{}")
     return json.loads(meta)
-
-
-def state_equal(a: nn.Module, b: nn.Module, atol: float = 0.0) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.allclose(sa[k].float(), sb[k].float(), atol=atol) for k in sa)

@@ -210,24 +210,6 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
-def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
-    """Build a (nested) config dataclass from plain data, naming any unknown key."""
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        if key not in known:
-            raise ConfigError(f"{where}{key}", f"unknown setting; known: {', '.join(sorted(known))}")
-        default = (
-            known[key].default_factory() if known[key].default_factory is not dataclasses.MISSING else None
-        )
-        if dataclasses.is_dataclass(default) and isinstance(value, dict):
-            value = from_dict(type(default), value, where=f"{where}{key}.")
-        elif isinstance(value, list):
-            value = tuple(value)
-        kwargs[key] = value
-    return cls(**kwargs)
-
-
 def config_hash(obj: Any) -> str:
     import hashlib
 
