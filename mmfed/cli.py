@@ -184,6 +184,21 @@ def simulate(
     ] = False,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda")] = None,
     cache_dir: CacheOpt = None,
+    target_epsilon: Annotated[
+        float | None, typer.Option(help="DP: ε each site may spend over the whole run (σ follows)")
+    ] = None,
+    noise_multiplier: Annotated[float | None, typer.Option(help="DP: σ, instead of --target-epsilon")] = None,
+    max_grad_norm: Annotated[float | None, typer.Option(help="DP: per-sample clipping norm [1.0]")] = None,
+    delta: Annotated[float | None, typer.Option(help="DP: δ for sites without a site.toml [1e-5]")] = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="sites' privacy state (site.toml, keys, budget, ledger) in DIR/<site> [RUN_DIR/sites]"
+        ),
+    ] = None,
+    grad_sample_mode: Annotated[
+        str | None, typer.Option(help="DP: ew (fastest here), hooks, functorch")
+    ] = None,
     cpus_per_site: Annotated[float, typer.Option(help="CPUs Ray reserves per simulated site")] = 1.0,
     gpus_per_site: Annotated[
         float, typer.Option(help="GPU fraction per site, e.g. 0.25 = 4 sites per GPU")
@@ -217,6 +232,12 @@ def simulate(
         "device": device,
         "cache_dir": cache_dir,
         "resume": resume or None,
+        "target_epsilon": target_epsilon,
+        "noise_multiplier": noise_multiplier,
+        "max_grad_norm": max_grad_norm,
+        "delta": delta,
+        "state_dir": state_dir,
+        "grad_sample_mode": grad_sample_mode,
     }
     options = {k: str(v) if isinstance(v, Path) else v for k, v in options.items() if v is not None}
     try:
@@ -234,6 +255,7 @@ def simulate(
             run_dir=str(target.resolve()),
             data_dir=str(Path(cfg.data_dir).resolve()) if cfg.data_dir else "",
             cache_dir=str(Path(cfg.cache_dir).resolve()) if cfg.cache_dir else "",
+            state_dir=str(Path(cfg.state_dir or target / "sites").resolve()),
         )
     except MMFedError as exc:
         _fail(exc)
@@ -254,6 +276,8 @@ def simulate(
             f"sites {row.get('sites_accepted', 0)}/{cfg.sites}"
             + (f" ({row['sites_rejected']} rejected)" if row.get("sites_rejected") else "")
             + (f" ({row['sites_failed']} failed)" if row.get("sites_failed") else "")
+            + (f" ({row['sites_refused']} refused)" if row.get("sites_refused") else "")
+            + (f"  ε max {row['epsilon_prv_max']:.3f}" if "epsilon_prv_max" in row else "")
             + f"  {row['seconds']:5.1f}s",
             highlight=False,
         )
@@ -280,9 +304,34 @@ def simulate(
         if acc is not None
         else "no round completed"
     )
+    if summary.get("site_epsilon"):
+        _print_site_epsilon(summary)
+    elif not cfg.private:
+        console.print("no differential privacy in this run (give --target-epsilon or --noise-multiplier)")
     console.print(
         f"results: {cfg.run_dir}/ (metrics.jsonl, summary.json, checkpoints/, "
         "global_metrics.png, site_accuracy.png)"
+    )
+
+
+def _print_site_epsilon(summary: dict) -> None:
+    table = Table(title="privacy spent per site (cumulative over every run on the same data)")
+    for column in ("site", "ε (PRV)", "ε (RDP)", "δ", "refused"):
+        table.add_column(column)
+    refused = summary.get("sites_refused", {})
+    for site, eps in sorted(summary["site_epsilon"].items()):
+        table.add_row(
+            site,
+            f"{eps['epsilon_prv']:.3f}",
+            f"{eps['epsilon_rdp']:.3f}",
+            f"{eps['delta']:g}",
+            refused.get(site, ""),
+        )
+    for site in sorted(set(refused) - set(summary["site_epsilon"])):
+        table.add_row(site, "-", "-", "-", refused[site])
+    console.print(table)
+    console.print(
+        f"max ε over sites: {summary['epsilon_prv_max']:.3f} (PRV), {summary['epsilon_rdp_max']:.3f} (RDP)"
     )
 
 

@@ -19,6 +19,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 
 from mmfed.federation.config import FederationConfig
 from mmfed.federation.site import load_site
+from mmfed.privacy.budget import Refusal
 
 log = logging.getLogger("mmfed.site")
 
@@ -42,7 +43,10 @@ class SiteClient(NumPyClient):
         try:
             runtime = load_site(self.cfg, self.node_config)
             name = runtime.name
-            return runtime.fit(parameters, self.cfg, server_round)
+            return runtime.fit(parameters, self.cfg, server_round, run_id=str(config.get("run-id", "")))
+        except Refusal as exc:
+            log.warning("round %d: %s", server_round, exc)
+            return [], 0, {"site": name, "refused": str(exc)}
         except Exception as exc:  # noqa: BLE001 - any failure is reported to the server as this site's failure
             log.error("site %s: training failed:\n%s", name, traceback.format_exc())
             return [], 0, {"site": name, "error": f"{type(exc).__name__}: {exc}"}

@@ -43,6 +43,13 @@ class FederationConfig:
     server_test_dir: str = ""  # a site dir whose test split the server evaluates every round
     device: str = "auto"
     site_wait_s: float = 120.0  # how long the server waits for min-sites sites to connect
+    # differential privacy, proposed to the sites (each site's site.toml has the last word)
+    target_epsilon: float = 0.0  # ε the whole planned run may spend per site (PRV); 0: not set
+    noise_multiplier: float = 0.0  # σ; 0: derived from target-epsilon; both 0: no DP
+    max_grad_norm: float = 1.0  # per-sample clipping norm C
+    delta: float = 1e-5  # δ for sites without a policy of their own (a site.toml's δ wins)
+    state_dir: str = ""  # simulation: each site's privacy state lives in STATE_DIR/<site>
+    grad_sample_mode: str = "ew"  # Opacus per-sample gradients: ew (fastest here), hooks, functorch
 
     def validate(self) -> None:
         from mmfed.data.scenarios import SCENARIOS
@@ -68,6 +75,18 @@ class FederationConfig:
             raise ConfigError("lr", f"must be > 0, got {self.lr}")
         if self.lr_schedule not in ("cosine", "constant"):
             raise ConfigError("lr-schedule", f"{self.lr_schedule!r}: use cosine or constant")
+        if self.target_epsilon < 0 or self.noise_multiplier < 0:
+            raise ConfigError("target-epsilon", "target-epsilon and noise-multiplier must be >= 0")
+        if self.target_epsilon > 0 and self.noise_multiplier > 0:
+            raise ConfigError(
+                "noise-multiplier", "give target-epsilon or noise-multiplier, not both (σ follows from ε)"
+            )
+        if not self.max_grad_norm > 0:
+            raise ConfigError("max-grad-norm", f"must be > 0, got {self.max_grad_norm}")
+        if not 0 < self.delta < 1:
+            raise ConfigError("delta", f"must be in (0, 1), e.g. 1e-5; got {self.delta}")
+        if self.grad_sample_mode not in ("ew", "hooks", "functorch"):
+            raise ConfigError("grad-sample-mode", f"{self.grad_sample_mode!r}: use ew, hooks or functorch")
         kind = self.partition.split(":", 1)[0]
         if kind not in ("natural", "iid", "dirichlet"):
             raise ConfigError("partition", f"{self.partition!r}: use natural, iid or dirichlet:ALPHA")
@@ -119,6 +138,10 @@ class FederationConfig:
             return self.lr
         progress = min(max(server_round - 1, 0) / (self.rounds - 1), 1.0)
         return self.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    @property
+    def private(self) -> bool:
+        return self.target_epsilon > 0 or self.noise_multiplier > 0
 
     def model_config(self, scenario) -> ModelConfig:
         mods = scenario.run_modalities(self.modalities)

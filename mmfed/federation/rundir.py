@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ class RunDir:
     def __init__(self, path: str | Path, cfg: FederationConfig, keys: list[str]):
         """Open a run directory: new (or empty), or an earlier run of the same config when cfg.resume."""
         self.path = Path(path)
+        self.run_id = ""  # set by write_config
         self.keys = keys  # state_dict names, so checkpoints are readable without mmfed
         self.checkpoints = self.path / "checkpoints"
         existing = self.path.exists() and any(self.path.iterdir())
@@ -65,8 +67,14 @@ class RunDir:
             data = json.loads(target.read_text())
             data.setdefault("resumed", []).append({"rounds": cfg.rounds, **extra.get("resume_info", {})})
         else:
-            data = {"federation": cfg.to_run_config(), "identity": cfg.identity_hash(), **extra}
+            data = {
+                "federation": cfg.to_run_config(),
+                "identity": cfg.identity_hash(),
+                "run_id": uuid.uuid4().hex,  # what the sites' privacy ledgers name this run by
+                **extra,
+            }
         _write_json(target, data)
+        self.run_id = str(data.get("run_id", ""))
 
     # -- checkpoints -------------------------------------------------------------------------------
     def last_round(self) -> int:

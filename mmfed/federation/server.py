@@ -103,6 +103,7 @@ def run_server(
         on_round=on_round,
         server_eval=_server_evaluator(cfg, scenario, model_cfg),
         config_hash=config_hash(model_cfg),
+        run_id=run_dir.run_id,
     )
     if cfg.rounds > done:
         wait_for_sites(grid, cfg.min_sites, cfg.site_wait_s)
@@ -134,6 +135,12 @@ def summarize(run_dir: RunDir, cfg: FederationConfig, strategy: MMFedAvg) -> dic
         "site_accuracy": sites,
         "stopped": strategy.stopped,
         "run_dir": str(run_dir.path),
+        "run_id": run_dir.run_id,
+        "private": cfg.private,
+        "site_epsilon": strategy.site_epsilon,
+        "epsilon_prv_max": max((e["epsilon_prv"] for e in strategy.site_epsilon.values()), default=None),
+        "epsilon_rdp_max": max((e["epsilon_rdp"] for e in strategy.site_epsilon.values()), default=None),
+        "sites_refused": {r["site"]: r["reason"] for r in rows if r.get("status") == "refused"},
     }
     run_dir.write_summary(summary)
     return summary

@@ -7,6 +7,7 @@ SuperNode process serves many messages).
 
 from __future__ import annotations
 
+import math
 import time
 import zlib
 from collections import OrderedDict
@@ -27,6 +28,10 @@ from mmfed.errors import ConfigError
 from mmfed.federation.config import FederationConfig
 from mmfed.federation.params import delta, get_weights, set_weights
 from mmfed.models import build_model
+from mmfed.privacy.budget import Proposal, SiteBudget
+from mmfed.privacy.fingerprint import data_fingerprint
+from mmfed.privacy.policy import POLICY_FILE, SitePolicy
+from mmfed.train.dp import train_private
 from mmfed.train.loop import Metrics, evaluate, seed_everything, select_device, train_epoch
 
 
@@ -72,7 +77,10 @@ class SiteRuntime:
     test: MultimodalDataset
     collate: Collate
     device: torch.device
+    home: Path  # the site's privacy home: site.toml, keys/, state/ (see mmfed.privacy.budget)
+    deployed: bool  # a deployed site must have its own policy and key; a simulated one gets defaults
     model: torch.nn.Module = field(init=False)
+    _budget: SiteBudget | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         # one model object per process and config: every fit/evaluate overwrites all of its weights
@@ -90,10 +98,30 @@ class SiteRuntime:
             generator=torch.Generator().manual_seed(seed),
         )
 
+    def budget(self, cfg: FederationConfig) -> SiteBudget | None:
+        """The site's privacy budget; None only for a simulated site without a policy in a non-DP run."""
+        if self._budget is None and (self.deployed or cfg.private or (self.home / POLICY_FILE).exists()):
+            default = None
+            if not self.deployed:
+                default = SitePolicy(
+                    max_epsilon=math.inf,
+                    delta=cfg.delta,
+                    min_noise_multiplier=0.0,
+                    max_clipping_norm=math.inf,
+                    max_sample_rate=1.0,
+                    source="simulation default (no site.toml: no cap)",
+                )
+            fingerprint = data_fingerprint(self.train.samples)
+            self._budget = SiteBudget(self.home, fingerprint, site=self.name, simulated_policy=default)
+        return self._budget
+
     def fit(
-        self, weights: list, cfg: FederationConfig, server_round: int
+        self, weights: list, cfg: FederationConfig, server_round: int, run_id: str = ""
     ) -> tuple[list, int, dict[str, Any]]:
-        """Local training from the global weights; returns (delta, examples, metrics)."""
+        """Local training from the global weights; returns (delta, examples, metrics).
+
+        With a privacy budget: DP-SGD under the site's policy; raises Refusal (nothing trained, nothing
+        recorded) when the proposal breaks it."""
         if not len(self.train):
             raise ConfigError("site", f"site {self.name} has no training samples for this run's modalities")
         # seeded by (run seed, round, site): a round replays exactly, which makes resume bit-identical
@@ -101,6 +129,9 @@ class SiteRuntime:
         seed_everything(seed)
         set_weights(self.model, weights)
         self.model.to(self.device)
+        budget = self.budget(cfg)
+        if budget is not None:
+            return self._fit_private(weights, cfg, server_round, run_id, budget)
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.round_lr(server_round))
         loader = self.loader(self.train, cfg.batch_size, True, seed)
@@ -113,6 +144,62 @@ class SiteRuntime:
         metrics = {"site": self.name, "loss": fit.loss, "accuracy": fit.accuracy, "train_seconds": seconds}
         return update, len(self.train), metrics
 
+    def _fit_private(
+        self, weights: list, cfg: FederationConfig, server_round: int, run_id: str, budget: SiteBudget
+    ) -> tuple[list, int, dict[str, Any]]:
+        proposal = Proposal(
+            noise_multiplier=cfg.noise_multiplier,
+            target_epsilon=cfg.target_epsilon,
+            max_grad_norm=cfg.max_grad_norm,
+            batch_size=cfg.batch_size,
+            local_epochs=cfg.local_epochs,
+            rounds=cfg.rounds,
+            modalities=self.model_cfg.modalities,
+        )
+        with budget.exclusive():
+            plan = budget.plan(proposal, len(self.train))
+            start = time.perf_counter()
+            fit, history = train_private(
+                self.model,
+                self.train,
+                self.collate,
+                lr=cfg.round_lr(server_round),
+                noise_multiplier=plan.noise_multiplier,
+                max_grad_norm=plan.max_grad_norm,
+                batch_size=cfg.batch_size,
+                epochs=cfg.local_epochs,
+                history=plan.history,
+                device=self.device,
+                grad_sample_mode=cfg.grad_sample_mode,
+            )
+            seconds = time.perf_counter() - start
+            update = delta(get_weights(self.model), weights)
+            # recorded before the update leaves the site: an unrecorded release cannot happen
+            entry = budget.release(
+                plan,
+                history,
+                run_id=run_id or "unknown",
+                round=server_round,
+                extra={
+                    "model_hash": config_hash(self.model_cfg),
+                    "run_config_hash": cfg.identity_hash(),
+                    "versions": library_versions(),
+                },
+            )
+        metrics = {
+            "site": self.name,
+            "loss": fit.loss,
+            "accuracy": fit.accuracy,
+            "train_seconds": seconds,
+            **{
+                k: entry[k]
+                for k in ("epsilon_prv", "epsilon_rdp", "delta", "noise_multiplier", "sample_rate", "steps")
+            },
+        }
+        if entry["max_epsilon"] is not None:
+            metrics["max_epsilon"] = entry["max_epsilon"]
+        return update, len(self.train), metrics
+
     def evaluate(self, weights: list) -> tuple[float, int, dict[str, Any]]:
         set_weights(self.model, weights)
         self.model.to(self.device)
@@ -120,10 +207,25 @@ class SiteRuntime:
         return result.loss, result.examples, {"site": self.name, "accuracy": result.accuracy}
 
 
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    return {name: version(name) for name in ("mmfed", "opacus", "torch", "flwr")}
+
+
 _MODELS: dict[tuple, torch.nn.Module] = {}
 # a simulation process serves many sites in turn: keep the few most recent, not all of them
 _RUNTIMES: OrderedDict[tuple, SiteRuntime] = OrderedDict()
 MAX_CACHED_SITES = 8
+
+
+def site_home(cfg: FederationConfig, node_config: dict[str, Any], name: str) -> Path:
+    """Deployment: node config `state-dir`, else the site directory. Simulation: STATE_DIR/<site>, where
+    STATE_DIR is --state-dir, else the run directory's sites/."""
+    if node_config.get("site-dir"):
+        return Path(str(node_config.get("state-dir") or node_config["site-dir"])).resolve()
+    root = cfg.state_dir or (str(Path(cfg.run_dir) / "sites") if cfg.run_dir else "runs/site-state")
+    return Path(root).resolve() / name
 
 
 def load_site(cfg: FederationConfig, node_config: dict[str, Any]) -> SiteRuntime:
@@ -163,6 +265,8 @@ def load_site(cfg: FederationConfig, node_config: dict[str, Any]) -> SiteRuntime
         test=MultimodalDataset([s for s in samples if s.split == "test"], processors),
         collate=Collate(scenario.spec, model_cfg.modalities),
         device=select_device(cfg.device),
+        home=site_home(cfg, node_config, name),
+        deployed=bool(site_dir),
     )
     _RUNTIMES[key] = runtime
     while len(_RUNTIMES) > MAX_CACHED_SITES:

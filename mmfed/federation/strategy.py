@@ -46,6 +46,7 @@ class MMFedAvg(FedAvg):
         server_eval: ServerEval | None = None,
         on_round: Callable[[dict[str, Any]], None] | None = None,
         config_hash: str = "",
+        run_id: str = "",
     ):
         super().__init__(
             fraction_fit=cfg.fraction_fit,
@@ -65,6 +66,9 @@ class MMFedAvg(FedAvg):
         self.server_eval = server_eval
         self.on_round = on_round or (lambda row: None)
         self.config_hash = config_hash
+        self.run_id = run_id
+        # each site's latest reported cumulative ε (PRV and RDP, at its δ): what it has spent so far
+        self.site_epsilon: dict[str, dict[str, float]] = {}
         self.stopped: str | None = None
         self._round_start = time.perf_counter()
         self._fit_summary: dict[str, Any] = {}
@@ -80,6 +84,7 @@ class MMFedAvg(FedAvg):
         instructions = super().configure_fit(server_round, parameters, client_manager)
         for _, ins in instructions:
             ins.config["server-round"] = self._round(server_round)
+            ins.config["run-id"] = self.run_id
         return instructions
 
     def aggregate_fit(
@@ -92,6 +97,11 @@ class MMFedAvg(FedAvg):
         for proxy, res in sorted(results, key=lambda r: str(r[1].metrics.get("site", r[0].cid))):
             site = str(res.metrics.get("site", f"node-{proxy.cid}"))
             base = {"round": rnd, "site": site, "kind": "fit", "examples": res.num_examples}
+            if "refused" in res.metrics:  # the site's policy said no: non-participation, not a failure
+                reason = str(res.metrics["refused"])
+                log.warning("round %d: site %s refused: %s", rnd, site, reason)
+                rows.append({**base, "status": "refused", "reason": reason})
+                continue
             if "error" in res.metrics:
                 reason = str(res.metrics["error"])
                 log.warning("round %d: site %s failed: %s", rnd, site, reason)
@@ -105,6 +115,10 @@ class MMFedAvg(FedAvg):
                 continue
             accepted.append((update, res.num_examples))
             metrics = {k: v for k, v in res.metrics.items() if k != "site"}
+            if "epsilon_prv" in metrics:
+                self.site_epsilon[site] = {
+                    k: float(metrics[k]) for k in ("epsilon_prv", "epsilon_rdp", "delta") if k in metrics
+                }
             rows.append({**base, "status": "accepted", "update_norm": verdict.norm, **metrics})
         for failure in failures:
             reason = _failure_reason(failure)
@@ -117,6 +131,7 @@ class MMFedAvg(FedAvg):
             "sites_accepted": len(accepted),
             "sites_rejected": sum(r["status"] == "rejected" for r in rows),
             "sites_failed": sum(r["status"] == "failed" for r in rows),
+            "sites_refused": sum(r["status"] == "refused" for r in rows),
             "train_seconds_sum": sum(float(r.get("train_seconds", 0.0)) for r in rows),
         }
         if len(accepted) < self.cfg.min_sites:
@@ -124,7 +139,8 @@ class MMFedAvg(FedAvg):
             self.stopped = (
                 f"round {rnd}: only {len(accepted)} usable site update(s), "
                 f"fewer than min-sites={self.cfg.min_sites}"
-                f" ({summary['sites_rejected']} rejected, {summary['sites_failed']} failed; "
+                f" ({summary['sites_rejected']} rejected, {summary['sites_failed']} failed, "
+                f"{summary['sites_refused']} refused by their privacy policy; "
                 "see metrics.jsonl); the run stopped and keeps the checkpoints of the rounds before"
             )
             log.error(self.stopped)
@@ -183,11 +199,21 @@ class MMFedAvg(FedAvg):
             "sites_evaluated": len(rows),
             "sites_eval_failed": len(failures),
             **self._fit_summary,
+            **self._epsilon_summary(),
             "seconds": time.perf_counter() - self._round_start,
         }
         self.run_dir.log([*rows, glob])
         self.on_round(glob)
         return glob["loss"], {"accuracy": glob["accuracy"]}
+
+    def _epsilon_summary(self) -> dict[str, Any]:
+        if not self.site_epsilon:
+            return {}
+        return {
+            "epsilon_prv_max": max(e["epsilon_prv"] for e in self.site_epsilon.values()),
+            "epsilon_rdp_max": max(e["epsilon_rdp"] for e in self.site_epsilon.values()),
+            "site_epsilon_prv": {s: e["epsilon_prv"] for s, e in sorted(self.site_epsilon.items())},
+        }
 
 
 def _weighted(pairs: list[tuple[int, float]]) -> float:

@@ -1,0 +1,72 @@
+"""The site's Ed25519 signing key (cryptography): private key PEM mode 0600, public key PEM beside it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from mmfed.errors import MMFedError
+
+PRIVATE_KEY = "keys/ledger-signing.pem"
+PUBLIC_KEY = "keys/ledger-signing.pub.pem"
+
+
+def key_id(public: Ed25519PublicKey) -> str:
+    """Short fingerprint of a public key (SHA-256 of its raw bytes), to compare out of band."""
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return "ed25519:" + hashlib.sha256(raw).hexdigest()[:32]
+
+
+def create_key(home: Path) -> Ed25519PrivateKey:
+    """A new key under `home`; refuses to replace an existing one (its ledger would stop verifying)."""
+    private_path, public_path = home / PRIVATE_KEY, home / PUBLIC_KEY
+    if private_path.exists():
+        raise MMFedError(f"{private_path} exists; keep it (the ledger is signed with it) — nothing changed")
+    private_path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(private_path.parent, 0o700)
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    # created 0600 from the start, not chmod-ed afterwards: never readable by others, even briefly
+    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    public_path.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return key
+
+
+def load_private_key(home: Path) -> Ed25519PrivateKey:
+    path = home / PRIVATE_KEY
+    if not path.exists():
+        raise MMFedError(
+            f"{path}: no ledger signing key; create the site's key with `mmfed site init --dir {home}`"
+        )
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise MMFedError(f"{path}: private key is readable by others (mode {mode:o}); run `chmod 600 {path}`")
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise MMFedError(f"{path}: not an Ed25519 private key")
+    return key
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    try:
+        key = serialization.load_pem_public_key(Path(path).read_bytes())
+    except FileNotFoundError:
+        raise MMFedError(f"{path}: public key not found") from None
+    except ValueError as exc:
+        raise MMFedError(f"{path}: not a PEM public key ({exc})") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise MMFedError(f"{path}: not an Ed25519 public key")
+    return key

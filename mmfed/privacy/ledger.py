@@ -1,0 +1,169 @@
+"""The site's privacy ledger: append-only JSONL, one entry per released update, hash-chained and signed.
+
+Entry `i` carries `index` (0, 1, ...), `prev_hash` (SHA-256 hex of line `i-1` exactly as written, or 64
+zeros for the first) and `signature` (Ed25519, base64, over the entry's canonical JSON without the
+`signature` key: keys sorted, separators `,` and `:`, ASCII). An edited entry fails its signature and
+breaks the next entry's `prev_hash`; a deleted, inserted or reordered entry breaks `index`/`prev_hash`.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from mmfed.privacy.keys import key_id
+
+GENESIS = "0" * 64
+# what auditors' tools read; σ, sample rate and steps are the round's, the two ε are cumulative
+REQUIRED = {
+    "index": int,
+    "run_id": str,
+    "round": int,
+    "time": str,
+    "data_fingerprint": str,
+    "noise_multiplier": float,
+    "sample_rate": float,
+    "steps": int,
+    "max_grad_norm": float,
+    "delta": float,
+    "epsilon_prv": float,
+    "epsilon_rdp": float,
+    "key_id": str,
+    "prev_hash": str,
+    "signature": str,
+}
+
+
+def canonical(entry: dict[str, Any]) -> bytes:
+    return json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def line_hash(line: bytes) -> str:
+    return hashlib.sha256(line.rstrip(b"\n")).hexdigest()
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Exclusive lock on `path`.lock: one writer of a site's budget and ledger at a time, across processes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def read_lines(path: Path) -> list[bytes]:
+    if not path.exists():
+        return []
+    return [line for line in path.read_bytes().split(b"\n") if line.strip()]
+
+
+def append(path: Path, key: Ed25519PrivateKey, fields: dict[str, Any]) -> dict[str, Any]:
+    """Sign `fields` as the next entry and append it durably (caller holds `locked(path)`)."""
+    lines = read_lines(path)
+    entry = {
+        **fields,
+        "index": len(lines),
+        "prev_hash": line_hash(lines[-1]) if lines else GENESIS,
+        "key_id": key_id(key.public_key()),
+    }
+    entry["signature"] = base64.b64encode(key.sign(canonical(entry))).decode()
+    with open(path, "ab") as f:
+        f.write(canonical(entry) + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return entry
+
+
+@dataclass
+class Problem:
+    line: int  # 1-based line in the file
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.message}"
+
+
+def signature_ok(entry: dict[str, Any], public: Ed25519PublicKey) -> bool:
+    body = {k: v for k, v in entry.items() if k != "signature"}
+    try:
+        public.verify(base64.b64decode(entry["signature"], validate=True), canonical(body))
+        return True
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+
+
+def verify(
+    lines: list[bytes], public: Ed25519PublicKey, every_signature: bool = False
+) -> tuple[list[dict[str, Any]], Problem | None]:
+    """(parsed entries, first problem or None).
+
+    The chain makes the last entry's signature cover every earlier line, so an intact chain needs one
+    signature check; `every_signature` (or any broken link) checks each entry's to name the first bad one.
+    """
+    expected_key = key_id(public)
+    entries: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as exc:
+            return entries, Problem(number, f"not valid JSON ({exc.msg}): the entry was edited or truncated")
+        if not isinstance(entry, dict):
+            return entries, Problem(number, "not a JSON object: the entry was edited")
+        for name, kind in REQUIRED.items():
+            value = entry.get(name)
+            ok = isinstance(value, kind) or (kind is float and isinstance(value, int))
+            if not ok or isinstance(value, bool):
+                return entries, Problem(number, f"field {name!r} is missing or not a {kind.__name__}")
+        entries.append(entry)
+
+    def sig_problem(number: int, entry: dict[str, Any]) -> Problem | None:
+        if entry["key_id"] != expected_key:
+            return Problem(
+                number,
+                f"entry {entry['index']} is signed by key {entry['key_id']}, not the site's key {expected_key}",
+            )
+        if not signature_ok(entry, public):
+            return Problem(
+                number,
+                f"entry {entry['index']}: signature does not verify with the site's key: the entry was edited or forged",
+            )
+        return None
+
+    previous = GENESIS
+    for number, (line, entry) in enumerate(zip(lines, entries, strict=True), start=1):
+        if entry["index"] != number - 1:
+            what = "deleted" if entry["index"] > number - 1 else "inserted, duplicated or reordered"
+            return entries, Problem(
+                number, f"entry {entry['index']} found where entry {number - 1} belongs: an entry was {what}"
+            )
+        if entry["prev_hash"] != previous:
+            # name the entry that changed: the one before, unless its own signature still holds
+            before = sig_problem(number - 1, entries[number - 2]) if number > 1 else None
+            if before:
+                return entries, before
+            return entries, Problem(
+                number,
+                f"entry {entry['index']}: prev_hash does not match the entry before it: "
+                "an entry was edited, deleted or reordered",
+            )
+        if every_signature and (bad := sig_problem(number, entry)):
+            return entries, bad
+        previous = line_hash(line)
+    if entries and not every_signature and (bad := sig_problem(len(entries), entries[-1])):
+        # something is wrong: check every entry so the message names the first bad one
+        return entries, verify(lines, public, every_signature=True)[1] or bad
+    return entries, None
