@@ -16,6 +16,8 @@ from mmfed.errors import MMFedError
 app = typer.Typer(help="Federated, privacy-preserving multimodal learning.", no_args_is_help=True)
 data_app = typer.Typer(help="Site data: check a site directory, build scenario site directories.")
 app.add_typer(data_app, name="data")
+site_app = typer.Typer(help="A data-holding site: its privacy policy, signing key and budget.")
+app.add_typer(site_app, name="site")
 console = Console()
 
 
@@ -381,6 +383,124 @@ def data_prepare(
         _fail(exc)
     for site in scen.sites:
         console.print(str(site))
+
+
+@site_app.command("init")
+def site_init(
+    dir: Annotated[Path, typer.Option("--dir", help="the site directory (manifest.csv, labels.txt)")],
+    max_epsilon: Annotated[float, typer.Option(help="ε cap written into site.toml")] = 8.0,
+    delta: Annotated[float, typer.Option(help="δ written into site.toml")] = 1e-5,
+) -> None:
+    """Create the site's policy (site.toml) and ledger signing key; validate its manifest; say what next.
+    Never overwrites: an existing policy or key is kept."""
+    from mmfed.data.manifest import load_manifest
+    from mmfed.privacy import keys
+    from mmfed.privacy.policy import POLICY_FILE, SitePolicy, load_policy
+
+    if not (dir / "manifest.csv").exists():
+        _fail(MMFedError(f"{dir}: no manifest.csv; a site directory holds manifest.csv (see README, 'Site data')"))
+    policy_path = dir / POLICY_FILE
+    try:
+        if policy_path.exists():
+            console.print(f"kept existing {policy_path}")
+            policy = load_policy(policy_path)
+        else:
+            policy = SitePolicy(max_epsilon=max_epsilon, delta=delta, source=str(policy_path))
+            policy.validate()
+            policy_path.write_text(policy.template())
+            console.print(f"wrote {policy_path} (max_epsilon {max_epsilon:g}, δ {delta:g}): review it")
+        if (dir / keys.PRIVATE_KEY).exists():
+            key = keys.load_private_key(dir)
+            console.print(f"kept existing key {dir / keys.PRIVATE_KEY}")
+        else:
+            key = keys.create_key(dir)
+            console.print(f"created ledger signing key {dir / keys.PRIVATE_KEY} (mode 0600)")
+        manifest = load_manifest(dir)
+    except MMFedError as exc:
+        _fail(exc)
+    train = len(manifest.split("train"))
+    console.print(f"manifest OK: {len(manifest.samples)} records, {train} for training, labels {manifest.labels}")
+    if train and policy.delta >= 1 / train:
+        console.print(
+            f"[yellow]δ={policy.delta:g} is not below 1/{train} training records: set a smaller delta in "
+            f"{policy_path} (e.g. {10 ** -len(str(train * 10)):g})[/]"
+        )
+    console.print(
+        "\nnext:\n"
+        f"  1. review {policy_path} (the ε cap, δ and the limits on what a run may propose)\n"
+        f"  2. give your privacy officer the public key {dir / keys.PUBLIC_KEY}\n"
+        f"     (fingerprint {keys.key_id(key.public_key())}); keep {dir / keys.PRIVATE_KEY} private\n"
+        f"  3. mmfed site check --dir {dir}   (policy, key, manifest, budget spent so far)\n"
+        f"  4. connect: flower-supernode ... --node-config \"site-dir='{dir.resolve()}'\"",
+        highlight=False,
+    )
+
+
+@site_app.command("check")
+def site_check(dir: Annotated[Path, typer.Option("--dir", help="the site directory")]) -> None:
+    """Validate the site's policy, key and manifest, and show the privacy budget spent so far."""
+    from mmfed.data.manifest import load_manifest
+    from mmfed.privacy import keys
+    from mmfed.privacy.budget import SiteBudget
+    from mmfed.privacy.fingerprint import data_fingerprint
+
+    try:
+        manifest = load_manifest(dir)
+        fingerprint = data_fingerprint(manifest.split("train"))
+        budget = SiteBudget(dir, fingerprint, site=dir.name)
+        prv, rdp = budget.spent()
+    except MMFedError as exc:
+        _fail(exc)
+    policy = budget.policy
+    console.print(f"policy {policy.source}: max ε {policy.max_epsilon:g}, δ {policy.delta:g}, "
+                  f"σ ≥ {policy.min_noise_multiplier:g}, C ≤ {policy.max_clipping_norm:g}, "
+                  f"q ≤ {policy.max_sample_rate:g}, modalities {list(policy.allowed_modalities)}", highlight=False)
+    console.print(f"key {keys.key_id(budget.key.public_key())}", highlight=False)
+    console.print(f"data {fingerprint}: ε spent {prv:.3f} (PRV), {rdp:.3f} (RDP); "
+                  f"remaining {policy.max_epsilon - prv:.3f}", highlight=False)
+
+
+@app.command()
+def audit(
+    paths: Annotated[list[Path], typer.Argument(help="ledger files, site directories, or folders of them")],
+    format: Annotated[str, typer.Option("--format", help="text, md, html or json")] = "text",
+    plots: Annotated[Path | None, typer.Option(help="write epsilon_per_round.png here")] = None,
+    public_key: Annotated[
+        Path | None, typer.Option(help="the site's public key, when auditing one ledger file alone")
+    ] = None,
+    thorough: Annotated[
+        bool, typer.Option(help="check every signature and recompute PRV/PLD ε (slower)")
+    ] = False,
+    output: Annotated[Path | None, typer.Option(help="write the report here instead of stdout")] = None,
+) -> None:
+    """Verify privacy ledgers (chain, signatures, key), recompute ε independently, report; exit 1 on any
+    failed check or any site over its cap."""
+    from mmfed.audit import report
+    from mmfed.audit.check import audit_ledger, find_ledgers
+
+    if format not in ("text", "md", "html", "json"):
+        _fail(MMFedError(f"--format {format!r}: use text, md, html or json"))
+    try:
+        found = find_ledgers(paths)
+        if public_key and len(found) > 1:
+            raise MMFedError("--public-key applies to one ledger; audit site directories to use their keys")
+        audits = [audit_ledger(path, home, public_key, thorough) for path, home in found]
+    except MMFedError as exc:
+        _fail(exc)
+    if format == "text" and output is None:
+        report.print_text(audits, console)
+    else:
+        text = {"text": report.as_markdown, "md": report.as_markdown, "html": report.as_html, "json": report.as_json}[
+            format
+        ](audits)
+        if output:
+            output.write_text(text)
+        else:
+            print(text)
+    if plots:
+        console.print(f"plot: {report.plot_epsilon(audits, plots)}", highlight=False)
+    if not all(a.ok for a in audits):
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":

@@ -146,7 +146,8 @@ def verify(
     previous = GENESIS
     for number, (line, entry) in enumerate(zip(lines, entries, strict=True), start=1):
         if entry["index"] != number - 1:
-            what = "deleted" if entry["index"] > number - 1 else "inserted, duplicated or reordered"
+            later = any(e["index"] == number - 1 for e in entries[number:])
+            what = "reordered" if later else ("deleted" if entry["index"] > number - 1 else "inserted or duplicated")
             return entries, Problem(
                 number, f"entry {entry['index']} found where entry {number - 1} belongs: an entry was {what}"
             )

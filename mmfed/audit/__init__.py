@@ -1,0 +1,1 @@
+"""Privacy audit: ledger verification, independent ε recomputation, reports."""

@@ -1,0 +1,265 @@
+"""Audit of site privacy ledgers: integrity (chain, signatures, key) and an independent recomputation of ε.
+
+ε is recomputed from each entry's recorded (σ, sample rate, steps), composed over every earlier entry
+on the same data fingerprint:
+- RDP, every entry: Opacus' RDP analysis, compared with the recorded `epsilon_rdp` (same formulas, so
+  they must agree to 1e-6); and Google's dp-accounting RDP for the final ε of each data fingerprint
+  (an independent implementation; must agree within 1%).
+- PRV, every entry: the recorded `epsilon_prv` must never decrease and never exceed the RDP bound.
+  With `thorough`, the final PRV ε is recomputed with Opacus' PRV accountant (must agree to 1e-6) and
+  with dp-accounting's PLD accountant (independent; must agree within 2%), and every signature is checked.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmfed.errors import MMFedError
+from mmfed.privacy import accounting, keys, ledger
+from mmfed.privacy.budget import BUDGETS, LEDGER
+from mmfed.privacy.policy import POLICY_FILE, load_policy
+
+SAME = 1e-6  # relative: our own recomputation of what the site recorded
+INDEPENDENT_RDP = 0.01  # relative: Opacus vs dp-accounting RDP
+INDEPENDENT_PRV = 0.02  # relative: Opacus PRV vs dp-accounting PLD (two numerical methods)
+
+
+@dataclass
+class DataBudget:
+    """One site's budget on one data fingerprint."""
+
+    fingerprint: str
+    releases: int
+    runs: int
+    epsilon_prv: float
+    epsilon_rdp: float
+    delta: float
+    cap: float | None
+    checks: dict[str, float] = field(default_factory=dict)  # independent recomputations
+
+    @property
+    def remaining(self) -> float | None:
+        return None if self.cap is None else self.cap - self.epsilon_prv
+
+    @property
+    def over_cap(self) -> bool:
+        return self.cap is not None and self.epsilon_prv > self.cap
+
+
+@dataclass
+class SiteAudit:
+    site: str
+    ledger: str
+    key_source: str
+    key_id: str
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # failed checks: each names the entry
+    notes: list[str] = field(default_factory=list)
+    budgets: list[DataBudget] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and not any(b.over_cap for b in self.budgets)
+
+
+def find_ledgers(paths: list[Path]) -> list[tuple[Path, Path | None]]:
+    """(ledger file, site home or None) for each argument: a ledger, a site home, or a folder of homes."""
+    found: list[tuple[Path, Path | None]] = []
+    for path in paths:
+        if path.is_file():
+            home = path.parent.parent if path.parent.name == "state" else None
+            found.append((path, home))
+        elif (path / LEDGER).is_file():
+            found.append((path / LEDGER, path))
+        elif path.is_dir():
+            homes = sorted(p for p in path.iterdir() if (p / LEDGER).is_file())
+            if not homes:
+                raise MMFedError(f"{path}: no ledger here ({LEDGER}) nor in its subfolders")
+            found.extend((home / LEDGER, home) for home in homes)
+        else:
+            raise MMFedError(f"{path}: no such ledger file or site directory")
+    return found
+
+
+def audit_ledger(
+    path: Path, home: Path | None, public_key: Path | None = None, thorough: bool = False
+) -> SiteAudit:
+    key_path = public_key or (home / keys.PUBLIC_KEY if home else None)
+    if key_path is None or not key_path.exists():
+        raise MMFedError(
+            f"{path}: no public key to verify it with; pass --public-key FILE (the site's "
+            f"{keys.PUBLIC_KEY}, obtained from the site out of band)"
+        )
+    public = keys.load_public_key(key_path)
+    result = SiteAudit(
+        site=home.name if home else path.stem,
+        ledger=str(path),
+        key_source=str(key_path),
+        key_id=keys.key_id(public),
+    )
+    entries, problem = ledger.verify(ledger.read_lines(path), public, every_signature=thorough)
+    result.entries = entries
+    if problem:
+        result.problems.append(f"{path}: {problem}")
+        return result  # ε of a broken ledger means nothing: fix or restore it first
+    if entries:
+        result.site = str(entries[-1].get("site", result.site))
+    cap_file = load_policy(home / POLICY_FILE).max_epsilon if home and (home / POLICY_FILE).exists() else None
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for entry in entries:
+        groups[entry["data_fingerprint"]].append(entry)
+    for fingerprint, group in groups.items():
+        result.budgets.append(_recompute(result, path, fingerprint, group, cap_file, thorough))
+        if home:
+            _compare_accountant_state(result, home, fingerprint, group)
+    return result
+
+
+def _line(path: Path, entry: dict[str, Any]) -> str:
+    return f"{path}: line {entry['index'] + 1} (entry {entry['index']}, run {entry['run_id'][:8]}, round {entry['round']})"
+
+
+_RDP_CACHE: dict[tuple[float, float, tuple], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _rdp_vectors(sigma: float, q: float, orders: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Per-step RDP curve from Opacus and from dp-accounting (independent implementations)."""
+    key = (sigma, q, orders)
+    if key not in _RDP_CACHE:
+        from dp_accounting.rdp.rdp_privacy_accountant import _compute_rdp_poisson_subsampled_gaussian
+        from opacus.accountants.analysis.rdp import compute_rdp
+
+        ours = np.asarray(compute_rdp(q=q, noise_multiplier=sigma, steps=1, orders=list(orders)), dtype=float)
+        google = np.asarray(_compute_rdp_poisson_subsampled_gaussian(q, sigma, np.asarray(orders, dtype=float)))
+        _RDP_CACHE[key] = (ours, google)
+    return _RDP_CACHE[key]
+
+
+def _recompute(
+    result: SiteAudit,
+    path: Path,
+    fingerprint: str,
+    group: list[dict[str, Any]],
+    cap_file: float | None,
+    thorough: bool,
+) -> DataBudget:
+    deltas = {e["delta"] for e in group}
+    delta = group[-1]["delta"]
+    if len(deltas) > 1:
+        result.problems.append(f"{path}: data {fingerprint[:19]}: entries use different δ {sorted(deltas)}")
+    orders = tuple(group[0].get("accountant", {}).get("rdp", {}).get("orders", accounting.RDP_ORDERS))
+    alphas = np.asarray(orders, dtype=float)
+    steps = np.asarray([e["steps"] for e in group], dtype=float)
+    ours = np.stack([_rdp_vectors(float(e["noise_multiplier"]), float(e["sample_rate"]), orders)[0] for e in group])
+    cumulative = np.cumsum(ours * steps[:, None], axis=0)
+    # Opacus' RDP -> (ε, δ) conversion (get_privacy_spent), for every entry at once
+    with np.errstate(divide="ignore", invalid="ignore"):
+        eps_all = cumulative - (np.log(delta) + np.log(alphas)) / (alphas - 1) + np.log((alphas - 1) / alphas)
+    recomputed = np.nanmin(eps_all, axis=1)
+    recorded_rdp = np.asarray([e["epsilon_rdp"] for e in group])
+    recorded_prv = np.asarray([e["epsilon_prv"] for e in group])
+    bad = np.flatnonzero(np.abs(recorded_rdp - recomputed) > SAME * np.maximum(recomputed, 1e-12))
+    if bad.size:
+        e = group[bad[0]]
+        result.problems.append(
+            f"{_line(path, e)}: epsilon_rdp {e['epsilon_rdp']:.6g} recorded, {recomputed[bad[0]]:.6g} "
+            "recomputed from the history"
+        )
+    for name, values in (("epsilon_prv", recorded_prv), ("epsilon_rdp", recorded_rdp)):
+        drops = np.flatnonzero(np.diff(values) < 0)
+        if drops.size:
+            result.problems.append(f"{_line(path, group[drops[0] + 1])}: cumulative {name} decreased")
+    above = np.flatnonzero(recorded_prv > recomputed + accounting.PRV_EPS_ERROR)
+    if above.size:
+        e = group[above[0]]
+        result.problems.append(
+            f"{_line(path, e)}: epsilon_prv {e['epsilon_prv']:.6g} is above its RDP bound {recomputed[above[0]]:.6g}"
+        )
+    final_google = _google_rdp(group, orders, delta)
+    checks = {"rdp_opacus": float(recomputed[-1]), "rdp_dp_accounting": final_google}
+    if abs(final_google - recorded_rdp[-1]) > INDEPENDENT_RDP * recorded_rdp[-1]:
+        result.problems.append(
+            f"{_line(path, group[-1])}: epsilon_rdp {recorded_rdp[-1]:.6g} disagrees with dp-accounting's "
+            f"{final_google:.6g} by more than {INDEPENDENT_RDP:.0%}"
+        )
+    history = accounting.compact((e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in group)
+    if thorough:
+        prv = accounting.epsilon_prv(history, delta)
+        pld = _google_pld(history, delta)
+        checks.update(prv_opacus=prv, pld_dp_accounting=pld)
+        if abs(prv - recorded_prv[-1]) > SAME * max(prv, 1e-12):
+            result.problems.append(
+                f"{_line(path, group[-1])}: epsilon_prv {recorded_prv[-1]:.6g} recorded, {prv:.6g} recomputed"
+            )
+        if abs(pld - recorded_prv[-1]) > INDEPENDENT_PRV * recorded_prv[-1]:
+            result.problems.append(
+                f"{_line(path, group[-1])}: epsilon_prv {recorded_prv[-1]:.6g} disagrees with dp-accounting's "
+                f"PLD {pld:.6g} by more than {INDEPENDENT_PRV:.0%}"
+            )
+    recorded_caps = [e.get("max_epsilon") for e in group if e.get("max_epsilon") is not None]
+    cap = cap_file if cap_file is not None else (recorded_caps[-1] if recorded_caps else None)
+    return DataBudget(
+        fingerprint=fingerprint,
+        releases=len(group),
+        runs=len({e["run_id"] for e in group}),
+        epsilon_prv=float(recorded_prv[-1]),
+        epsilon_rdp=float(recorded_rdp[-1]),
+        delta=delta,
+        cap=cap,
+        checks=checks,
+    )
+
+
+def _google_rdp(group: list[dict[str, Any]], orders: tuple, delta: float) -> float:
+    from dp_accounting.rdp.rdp_privacy_accountant import compute_epsilon
+
+    total = sum(
+        _rdp_vectors(float(e["noise_multiplier"]), float(e["sample_rate"]), orders)[1] * e["steps"] for e in group
+    )
+    return float(compute_epsilon(np.asarray(orders, dtype=float), total, delta)[0])
+
+
+def _google_pld(history: accounting.History, delta: float) -> float:
+    import dp_accounting
+    from dp_accounting.pld import pld_privacy_accountant
+
+    pld = pld_privacy_accountant.PLDAccountant()
+    for sigma, q, steps in history:
+        event = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma))
+        pld.compose(dp_accounting.SelfComposedDpEvent(event, steps))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(pld.get_epsilon(delta))
+
+
+def _compare_accountant_state(result: SiteAudit, home: Path, fingerprint: str, group: list[dict[str, Any]]) -> None:
+    """The site's persisted accountant must hold exactly the ledger's history for that data."""
+    import json
+
+    state_path = home / BUDGETS / f"{fingerprint.replace(':', '-')}.json"
+    history = accounting.compact((e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in group)
+    if not state_path.exists():
+        result.problems.append(f"{state_path}: accountant state missing for data {fingerprint[:19]}")
+        return
+    try:
+        saved = accounting.compact(tuple(h) for h in json.loads(state_path.read_text())["accountant"]["history"])
+    except (ValueError, KeyError, TypeError):
+        result.problems.append(f"{state_path}: accountant state unreadable")
+        return
+    if saved != history:
+        spent = accounting.epsilon_rdp(saved, group[-1]["delta"]) if saved else 0.0
+        result.problems.append(
+            f"{state_path}: accountant history differs from the ledger's (accountant: "
+            f"{sum(s for *_, s in saved)} steps, ε_RDP {spent:.4g}; ledger: {sum(s for *_, s in history)} steps)"
+        )
+
+
+def is_finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
