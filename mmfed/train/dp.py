@@ -41,11 +41,11 @@ def train_private(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
-    engine = PrivacyEngine(accountant="prv")
-    engine.accountant.load_state_dict({"history": list(history), "mechanism": "prv"})
     with warnings.catch_warnings():
         # Opacus warns that torch's PRNG is not a CSPRNG (secure_mode needs torchcsprng): see README
         warnings.simplefilter("ignore")
+        engine = PrivacyEngine(accountant="prv")
+        engine.accountant.load_state_dict({"history": list(history), "mechanism": "prv"})
         private_model, private_opt, private_loader = engine.make_private(
             module=model,
             optimizer=optimizer,
@@ -55,6 +55,11 @@ def train_private(
             poisson_sampling=True,
             grad_sample_mode=grad_sample_mode,
         )
+    empty_aware = private_loader.collate_fn
+    if getattr(empty_aware, "first_batch", "absent") is None and len(dataset):
+        # Opacus shapes empty batches after the first non-empty one; when the very first Poisson draw is
+        # empty it falls back to iterating dataset[0], which fails for dict samples: give it the structure
+        empty_aware.first_batch = collate([dataset[0]])
     tally = _Tally()
     try:
         for _ in range(epochs):
