@@ -186,6 +186,10 @@ def simulate(
     ] = False,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda")] = None,
     cache_dir: CacheOpt = None,
+    initial_model: Annotated[
+        Path | None, typer.Option(help="start from these weights (.safetensors, e.g. from `mmfed train`)")
+    ] = None,
+    optimizer: Annotated[str | None, typer.Option(help="adamw (default) or sgd (momentum 0.9)")] = None,
     target_epsilon: Annotated[
         float | None, typer.Option(help="DP: ε each site may spend over the whole run (σ follows)")
     ] = None,
@@ -234,6 +238,8 @@ def simulate(
         "device": device,
         "cache_dir": cache_dir,
         "resume": resume or None,
+        "initial_model": str(initial_model.resolve()) if initial_model else None,
+        "optimizer": optimizer,
         "target_epsilon": target_epsilon,
         "noise_multiplier": noise_multiplier,
         "max_grad_norm": max_grad_norm,

@@ -13,6 +13,8 @@ from typing import Any
 from mmfed.config import FUSIONS, ModelConfig, config_hash, parse_modalities, to_jsonable
 from mmfed.errors import ConfigError
 
+DEFAULT_LR = {"adamw": 2e-3, "sgd": 0.05}
+
 # settings that may differ between a run and its resumption
 RESUMABLE_SETTINGS = ("rounds", "run_dir", "resume", "device", "site_wait_s")
 
@@ -29,7 +31,8 @@ class FederationConfig:
     rounds: int = 3
     local_epochs: int = 1
     batch_size: int = 32
-    lr: float = 2e-3
+    lr: float = 0.0  # 0: the optimizer's default (AdamW 2e-3, SGD 0.05)
+    optimizer: str = "adamw"  # adamw, or sgd (momentum 0.9)
     lr_schedule: str = "cosine"  # cosine: the sites' learning rate decays over the rounds to 10%; or constant
     augment: bool = True
     modality_dropout: float = 0.3  # hide one of a training sample's modalities with this probability
@@ -40,6 +43,7 @@ class FederationConfig:
     run_dir: str = ""
     resume: bool = False
     cache_dir: str = ""
+    initial_model: str = ""  # safetensors weights to start from (e.g. trained on public data); "" = random
     server_test_dir: str = ""  # a site dir whose test split the server evaluates every round
     device: str = "auto"
     site_wait_s: float = 120.0  # how long the server waits for min-sites sites to connect
@@ -71,8 +75,10 @@ class FederationConfig:
             raise ConfigError("max-update-norm", f"must be > 0, got {self.max_update_norm}")
         if not 0 <= self.modality_dropout < 1:
             raise ConfigError("modality-dropout", f"must be in [0, 1), got {self.modality_dropout}")
-        if not self.lr > 0:
-            raise ConfigError("lr", f"must be > 0, got {self.lr}")
+        if self.lr < 0:
+            raise ConfigError("lr", f"must be > 0 (or 0 for the optimizer's default), got {self.lr}")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ConfigError("optimizer", f"{self.optimizer!r}: use adamw or sgd")
         if self.lr_schedule not in ("cosine", "constant"):
             raise ConfigError("lr-schedule", f"{self.lr_schedule!r}: use cosine or constant")
         if self.target_epsilon < 0 or self.noise_multiplier < 0:
@@ -134,10 +140,11 @@ class FederationConfig:
     def round_lr(self, server_round: int) -> float:
         """Sites' learning rate in a round: late rounds take smaller steps, so the global model settles
         instead of being pulled back and forth by non-IID sites."""
+        base = self.lr or DEFAULT_LR[self.optimizer]
         if self.lr_schedule == "constant" or self.rounds <= 1:
-            return self.lr
+            return base
         progress = min(max(server_round - 1, 0) / (self.rounds - 1), 1.0)
-        return self.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+        return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
     @property
     def private(self) -> bool:

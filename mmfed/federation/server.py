@@ -22,6 +22,7 @@ from mmfed.federation.config import FederationConfig
 from mmfed.federation.params import get_weights, set_weights
 from mmfed.federation.plots import write_plots
 from mmfed.federation.rundir import RunDir
+from mmfed.checkpoint import load_checkpoint
 from mmfed.federation.site import federation_scenario
 from mmfed.federation.strategy import MMFedAvg
 from mmfed.models import build_model
@@ -81,6 +82,9 @@ def run_server(
     model_cfg = cfg.model_config(scenario)
     seed_everything(cfg.seed)
     model = build_model(model_cfg)
+    if cfg.initial_model:
+        # e.g. `mmfed train` on public data: the usual way to make DP fine-tuning work on small sites
+        load_checkpoint(model, Path(cfg.initial_model))
     run_dir = RunDir(cfg.run_dir or default_run_dir(cfg), cfg, list(model.state_dict()))
     done = run_dir.last_round() if cfg.resume else 0
     initial = run_dir.load_round(done) if done else get_weights(model)

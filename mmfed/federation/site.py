@@ -31,7 +31,7 @@ from mmfed.models import build_model
 from mmfed.privacy.budget import Proposal, SiteBudget
 from mmfed.privacy.fingerprint import data_fingerprint
 from mmfed.privacy.policy import POLICY_FILE, SitePolicy
-from mmfed.train.dp import train_private
+from mmfed.train.dp import make_optimizer, train_private
 from mmfed.train.loop import Metrics, evaluate, seed_everything, select_device, train_epoch
 
 
@@ -133,7 +133,7 @@ class SiteRuntime:
         if budget is not None:
             return self._fit_private(weights, cfg, server_round, run_id, budget)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.round_lr(server_round))
+        optimizer = make_optimizer(cfg.optimizer, params, cfg.round_lr(server_round))
         loader = self.loader(self.train, cfg.batch_size, True, seed)
         start = time.perf_counter()
         fit = Metrics()
@@ -164,6 +164,7 @@ class SiteRuntime:
                 self.train,
                 self.collate,
                 lr=cfg.round_lr(server_round),
+                optimizer=cfg.optimizer,
                 noise_multiplier=plan.noise_multiplier,
                 max_grad_norm=plan.max_grad_norm,
                 batch_size=cfg.batch_size,

@@ -22,12 +22,19 @@ from mmfed.train.loop import Metrics, _Tally, batch_to, is_empty
 DEFAULT_GRAD_SAMPLE_MODE = "ew"
 
 
+def make_optimizer(name: str, params: list, lr: float) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+    return torch.optim.AdamW(params, lr=lr)
+
+
 def train_private(
     model: nn.Module,
     dataset: Dataset,
     collate,
     *,
     lr: float,
+    optimizer: str = "adamw",
     noise_multiplier: float,
     max_grad_norm: float,
     batch_size: int,
@@ -39,7 +46,7 @@ def train_private(
     """Train `model` in place; returns (training metrics, the accountant's history after the round)."""
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr)
+    base_optimizer = make_optimizer(optimizer, params, lr)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     with warnings.catch_warnings():
         # Opacus warns that torch's PRNG is not a CSPRNG (secure_mode needs torchcsprng): see README
@@ -48,7 +55,7 @@ def train_private(
         engine.accountant.load_state_dict({"history": list(history), "mechanism": "prv"})
         private_model, private_opt, private_loader = engine.make_private(
             module=model,
-            optimizer=optimizer,
+            optimizer=base_optimizer,
             data_loader=loader,
             noise_multiplier=noise_multiplier,
             max_grad_norm=max_grad_norm,

@@ -1,0 +1,116 @@
+"""DP federations on the real ServerApp/ClientApp (in-process grid): ε composes across rounds and runs,
+a site's policy is enforced by the site, and the server reports what the sites spent."""
+
+import json
+
+import pytest
+from localgrid import LocalGrid, server_context
+
+from mmfed.audit.check import audit_ledger
+from mmfed.federation.apps import make_client_app, make_server_app
+from mmfed.federation.config import FederationConfig
+from mmfed.federation.site import federation_scenario, site_samples
+from mmfed.privacy import accounting
+from mmfed.privacy.budget import LEDGER, dp_geometry
+from mmfed.privacy.policy import SitePolicy
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    return FederationConfig(
+        scenario="synthetic",
+        sites=3,
+        samples_per_site=40,
+        modalities="image,audio",
+        rounds=3,
+        batch_size=8,
+        augment=False,
+        min_sites=2,
+        site_wait_s=2,
+        noise_multiplier=1.2,
+        max_grad_norm=1.0,
+        run_dir=str(tmp_path / "run1"),
+        state_dir=str(tmp_path / "state"),
+    )
+
+
+def run(cfg: FederationConfig) -> dict:
+    result: dict = {}
+    grid = LocalGrid(make_client_app(cfg), cfg.sites)
+    try:
+        make_server_app(cfg, result=result)(grid, server_context())
+    finally:
+        grid.close()
+    return result
+
+
+def ledger_entries(cfg, site):
+    path = f"{cfg.state_dir}/{site}/{LEDGER}"
+    return [json.loads(x) for x in open(path).read().splitlines()]
+
+
+def test_epsilon_composes_across_rounds_and_runs(cfg, tmp_path):
+    first = run(cfg)
+    # a second run on the same sites' data and state dir, with other noise: the budget continues
+    second_cfg = cfg.replace(rounds=2, noise_multiplier=2.0, run_dir=str(tmp_path / "run2"))
+    second = run(second_cfg)
+    assert first["rounds_completed"] == 3 and second["rounds_completed"] == 2
+    site = "site_00000"
+    entries = ledger_entries(cfg, site)
+    assert [(e["run_id"] == entries[0]["run_id"], e["round"]) for e in entries] == [
+        (True, 1), (True, 2), (True, 3), (False, 1), (False, 2)
+    ]
+    history = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in entries]
+    assert {h[0] for h in history} == {1.2, 2.0}
+    whole = accounting.epsilon_prv(history, 1e-5)
+    reported = second["site_epsilon"][site]["epsilon_prv"]
+    assert abs(reported - whole) <= 1e-6
+    assert second["site_epsilon"][site]["epsilon_rdp"] == pytest.approx(accounting.epsilon_rdp(history, 1e-5))
+    assert all(reported > accounting.epsilon_prv([h], 1e-5) for h in history)
+    assert reported > first["site_epsilon"][site]["epsilon_prv"]
+    assert second["epsilon_prv_max"] == max(e["epsilon_prv"] for e in second["site_epsilon"].values())
+    # per-round metrics carry the sites' cumulative ε; the ledger verifies end to end
+    rows = [json.loads(x) for x in open(f"{second_cfg.run_dir}/metrics.jsonl").read().splitlines()]
+    glob = [r for r in rows if r["kind"] == "global"]
+    assert glob[-1]["epsilon_prv_max"] == pytest.approx(second["epsilon_prv_max"])
+    assert set(glob[-1]["site_epsilon_prv"]) == {"site_00000", "site_00001", "site_00002"}
+    home = tmp_path / "state" / site
+    assert audit_ledger(home / LEDGER, home, thorough=True).ok
+
+
+def test_site_over_its_cap_refuses_and_the_run_goes_on(cfg, tmp_path):
+    scenario = federation_scenario(cfg)
+    _, samples = site_samples(cfg, scenario, 1, cfg.sites)
+    train = sum(s.split == "train" for s in samples)
+    q, steps = dp_geometry(train, cfg.batch_size, cfg.local_epochs)
+    one, two = (accounting.epsilon_prv([(1.2, q, steps * k)], 1e-5) for k in (1, 2))
+    home = tmp_path / "state" / "site_00001"
+    home.mkdir(parents=True)
+    (home / "site.toml").write_text(SitePolicy(max_epsilon=(one + two) / 2, max_sample_rate=1.0).template())
+    summary = run(cfg)
+    assert summary["rounds_completed"] == 3 and summary["stopped"] is None
+    rows = [json.loads(x) for x in open(f"{cfg.run_dir}/metrics.jsonl").read().splitlines()]
+    status = {(r["round"], r["site"]): r["status"] for r in rows if r["kind"] == "fit"}
+    assert status[(1, "site_00001")] == "accepted"
+    assert status[(2, "site_00001")] == status[(3, "site_00001")] == "refused"
+    assert all(status[(r, s)] == "accepted" for r in (1, 2, 3) for s in ("site_00000", "site_00002"))
+    refusal = next(r for r in rows if r.get("status") == "refused")
+    assert "max_epsilon" in refusal["reason"] and "site_00001" in refusal["reason"]
+    glob = [r for r in rows if r["kind"] == "global"]
+    assert [g["sites_refused"] for g in glob] == [0, 1, 1]
+    assert [g["sites_accepted"] for g in glob] == [3, 2, 2]
+    assert "site_00001" in summary["sites_refused"]
+    assert len(ledger_entries(cfg, "site_00001")) == 1  # no entry for the refused rounds
+    assert len(ledger_entries(cfg, "site_00000")) == 3
+    assert summary["site_epsilon"]["site_00001"]["epsilon_prv"] == pytest.approx(one, abs=1e-9)
+
+
+def test_non_private_run_leaves_no_privacy_state_but_a_site_policy_refuses_it(cfg, tmp_path):
+    plain = cfg.replace(noise_multiplier=0.0, rounds=1)
+    home = tmp_path / "state" / "site_00002"
+    home.mkdir(parents=True)
+    (home / "site.toml").write_text(SitePolicy().template())
+    summary = run(plain)
+    assert summary["private"] is False and summary["site_epsilon"] == {}
+    assert "no differential privacy" in summary["sites_refused"]["site_00002"]
+    assert not (tmp_path / "state" / "site_00000").exists()  # no policy, no DP: nothing recorded
