@@ -189,6 +189,9 @@ def simulate(
     initial_model: Annotated[
         Path | None, typer.Option(help="start from these weights (.safetensors, e.g. from `mmfed train`)")
     ] = None,
+    freeze_encoders: Annotated[
+        bool | None, typer.Option(help="train only fusion + classifier (DP fine-tuning from --initial-model)")
+    ] = None,
     optimizer: Annotated[str | None, typer.Option(help="adamw (default) or sgd (momentum 0.9)")] = None,
     target_epsilon: Annotated[
         float | None, typer.Option(help="DP: ε each site may spend over the whole run (σ follows)")
@@ -240,6 +243,7 @@ def simulate(
         "resume": resume or None,
         "initial_model": str(initial_model.resolve()) if initial_model else None,
         "optimizer": optimizer,
+        "freeze_encoders": freeze_encoders,
         "target_epsilon": target_epsilon,
         "noise_multiplier": noise_multiplier,
         "max_grad_norm": max_grad_norm,
@@ -404,7 +408,11 @@ def site_init(
     from mmfed.privacy.policy import POLICY_FILE, SitePolicy, load_policy
 
     if not (dir / "manifest.csv").exists():
-        _fail(MMFedError(f"{dir}: no manifest.csv; a site directory holds manifest.csv (see README, 'Site data')"))
+        _fail(
+            MMFedError(
+                f"{dir}: no manifest.csv; a site directory holds manifest.csv (see README, 'Site data')"
+            )
+        )
     policy_path = dir / POLICY_FILE
     try:
         if policy_path.exists():
@@ -425,7 +433,9 @@ def site_init(
     except MMFedError as exc:
         _fail(exc)
     train = len(manifest.split("train"))
-    console.print(f"manifest OK: {len(manifest.samples)} records, {train} for training, labels {manifest.labels}")
+    console.print(
+        f"manifest OK: {len(manifest.samples)} records, {train} for training, labels {manifest.labels}"
+    )
     if train and policy.delta >= 1 / train:
         console.print(
             f"[yellow]δ={policy.delta:g} is not below 1/{train} training records: set a smaller delta in "
@@ -458,12 +468,18 @@ def site_check(dir: Annotated[Path, typer.Option("--dir", help="the site directo
     except MMFedError as exc:
         _fail(exc)
     policy = budget.policy
-    console.print(f"policy {policy.source}: max ε {policy.max_epsilon:g}, δ {policy.delta:g}, "
-                  f"σ ≥ {policy.min_noise_multiplier:g}, C ≤ {policy.max_clipping_norm:g}, "
-                  f"q ≤ {policy.max_sample_rate:g}, modalities {list(policy.allowed_modalities)}", highlight=False)
+    console.print(
+        f"policy {policy.source}: max ε {policy.max_epsilon:g}, δ {policy.delta:g}, "
+        f"σ ≥ {policy.min_noise_multiplier:g}, C ≤ {policy.max_clipping_norm:g}, "
+        f"q ≤ {policy.max_sample_rate:g}, modalities {list(policy.allowed_modalities)}",
+        highlight=False,
+    )
     console.print(f"key {keys.key_id(budget.key.public_key())}", highlight=False)
-    console.print(f"data {fingerprint}: ε spent {prv:.3f} (PRV), {rdp:.3f} (RDP); "
-                  f"remaining {policy.max_epsilon - prv:.3f}", highlight=False)
+    console.print(
+        f"data {fingerprint}: ε spent {prv:.3f} (PRV), {rdp:.3f} (RDP); "
+        f"remaining {policy.max_epsilon - prv:.3f}",
+        highlight=False,
+    )
 
 
 @app.command()
@@ -496,9 +512,12 @@ def audit(
     if format == "text" and output is None:
         report.print_text(audits, console)
     else:
-        text = {"text": report.as_markdown, "md": report.as_markdown, "html": report.as_html, "json": report.as_json}[
-            format
-        ](audits)
+        text = {
+            "text": report.as_markdown,
+            "md": report.as_markdown,
+            "html": report.as_html,
+            "json": report.as_json,
+        }[format](audits)
         if output:
             output.write_text(text)
         else:

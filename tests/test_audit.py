@@ -20,8 +20,13 @@ def make_site(tmp_path, name="hospital-a", rounds=5, cap=20.0, sigma=1.1):
     keys.create_key(home)
     budget = SiteBudget(home, "sha256:" + "cd" * 32, site=name)
     offer = Proposal(
-        noise_multiplier=sigma, target_epsilon=0.0, max_grad_norm=1.0, batch_size=50, local_epochs=1,
-        rounds=rounds, modalities=("image",),
+        noise_multiplier=sigma,
+        target_epsilon=0.0,
+        max_grad_norm=1.0,
+        batch_size=50,
+        local_epochs=1,
+        rounds=rounds,
+        modalities=("image",),
     )
     for rnd in range(1, rounds + 1):
         plan = budget.plan(offer, records=400)
@@ -114,7 +119,11 @@ def test_entry_signed_with_another_key_is_named(tmp_path):
         ledger.append(home / LEDGER, intruder, entry)
         kept = lines_of(home)
     problem = first_problem(home)
-    assert "line 4" in problem and "entry 3 is signed by key ed25519:" in problem and "not the site's key" in problem
+    assert (
+        "line 4" in problem
+        and "entry 3 is signed by key ed25519:" in problem
+        and "not the site's key" in problem
+    )
 
 
 def test_wrong_public_key_fails_on_the_first_entry(tmp_path):

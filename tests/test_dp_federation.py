@@ -58,7 +58,11 @@ def test_epsilon_composes_across_rounds_and_runs(cfg, tmp_path):
     site = "site_00000"
     entries = ledger_entries(cfg, site)
     assert [(e["run_id"] == entries[0]["run_id"], e["round"]) for e in entries] == [
-        (True, 1), (True, 2), (True, 3), (False, 1), (False, 2)
+        (True, 1),
+        (True, 2),
+        (True, 3),
+        (False, 1),
+        (False, 2),
     ]
     history = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in entries]
     assert {h[0] for h in history} == {1.2, 2.0}

@@ -50,7 +50,9 @@ def test_cumulative_epsilon_matches_google_dp_accounting(history):
     for event in google_events(history):
         pld.compose(event)
     assert accounting.epsilon_prv(history, 1e-5) == pytest.approx(pld.get_epsilon(1e-5), rel=0.02)
-    assert accounting.epsilon_prv(history, 1e-5) <= ours + accounting.PRV_EPS_ERROR  # PRV is the tighter bound
+    assert (
+        accounting.epsilon_prv(history, 1e-5) <= ours + accounting.PRV_EPS_ERROR
+    )  # PRV is the tighter bound
 
 
 def test_noise_for_target_spends_the_target_over_the_whole_run():
@@ -183,8 +185,16 @@ def test_dp_training_steps_the_persisted_accountant_including_empty_batches():
     # 3 records at batch 1: sample rate 1/3, 3 Poisson draws per epoch; over 8 epochs some draws are empty
     prior = [(2.0, 0.5, 7)]
     _, history = train_private(
-        model, items, collate, lr=1e-3, noise_multiplier=1.0, max_grad_norm=1.0, batch_size=1, epochs=8,
-        history=prior, device=torch.device("cpu"),
+        model,
+        items,
+        collate,
+        lr=1e-3,
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        batch_size=1,
+        epochs=8,
+        history=prior,
+        device=torch.device("cpu"),
     )
     assert history == [(2.0, 0.5, 7), (1.0, 1 / 3, 24)]  # every draw counted, the prior kept
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
@@ -221,8 +231,13 @@ def test_fast_grad_sample_mode_gives_the_exact_clipped_gradient():
         opt = torch.optim.SGD(model.parameters(), lr=1.0)
         engine = PrivacyEngine()
         model, opt, _ = engine.make_private(
-            module=model, optimizer=opt, data_loader=DataLoader(items, batch_size=8, collate_fn=collate),
-            noise_multiplier=0.0, max_grad_norm=clip, poisson_sampling=False, grad_sample_mode=mode,
+            module=model,
+            optimizer=opt,
+            data_loader=DataLoader(items, batch_size=8, collate_fn=collate),
+            noise_multiplier=0.0,
+            max_grad_norm=clip,
+            poisson_sampling=False,
+            grad_sample_mode=mode,
         )
         F.cross_entropy(forward_batch(model, batch), batch["label"]).backward()
         opt.step()

@@ -1,13 +1,13 @@
 """Audit of site privacy ledgers: integrity (chain, signatures, key) and an independent recomputation of ε.
 
 ε is recomputed from each entry's recorded (σ, sample rate, steps), composed over every earlier entry
-on the same data fingerprint:
-- RDP, every entry: Opacus' RDP analysis, compared with the recorded `epsilon_rdp` (same formulas, so
-  they must agree to 1e-6); and Google's dp-accounting RDP for the final ε of each data fingerprint
-  (an independent implementation; must agree within 1%).
+on the same data fingerprint, by Google's dp-accounting — not by Opacus, which the sites used:
+- RDP, every entry: dp-accounting's RDP curve of the subsampled Gaussian, composed and converted to
+  (ε, δ) with the bound both libraries use; must match the recorded `epsilon_rdp` to 1e-6 (integer
+  orders are exact in both); the final ε also through dp-accounting's own `compute_epsilon`.
 - PRV, every entry: the recorded `epsilon_prv` must never decrease and never exceed the RDP bound.
-  With `thorough`, the final PRV ε is recomputed with Opacus' PRV accountant (must agree to 1e-6) and
-  with dp-accounting's PLD accountant (independent; must agree within 2%), and every signature is checked.
+- `thorough` also checks every signature, and recomputes each site's final ε with Opacus (RDP and PRV,
+  must match to 1e-6) and with dp-accounting's PLD accountant (must agree with PRV within 2%).
 """
 
 from __future__ import annotations
@@ -123,22 +123,22 @@ def audit_ledger(
 
 
 def _line(path: Path, entry: dict[str, Any]) -> str:
-    return f"{path}: line {entry['index'] + 1} (entry {entry['index']}, run {entry['run_id'][:8]}, round {entry['round']})"
+    where = f"entry {entry['index']}, run {entry['run_id'][:8]}, round {entry['round']}"
+    return f"{path}: line {entry['index'] + 1} ({where})"
 
 
-_RDP_CACHE: dict[tuple[float, float, tuple], tuple[np.ndarray, np.ndarray]] = {}
+_RDP_CACHE: dict[tuple[float, float, tuple], np.ndarray] = {}
 
 
-def _rdp_vectors(sigma: float, q: float, orders: tuple) -> tuple[np.ndarray, np.ndarray]:
-    """Per-step RDP curve from Opacus and from dp-accounting (independent implementations)."""
+def _rdp_curve(sigma: float, q: float, orders: tuple) -> np.ndarray:
+    """dp-accounting's per-step RDP of the Poisson-subsampled Gaussian at `orders`."""
     key = (sigma, q, orders)
     if key not in _RDP_CACHE:
         from dp_accounting.rdp.rdp_privacy_accountant import _compute_rdp_poisson_subsampled_gaussian
-        from opacus.accountants.analysis.rdp import compute_rdp
 
-        ours = np.asarray(compute_rdp(q=q, noise_multiplier=sigma, steps=1, orders=list(orders)), dtype=float)
-        google = np.asarray(_compute_rdp_poisson_subsampled_gaussian(q, sigma, np.asarray(orders, dtype=float)))
-        _RDP_CACHE[key] = (ours, google)
+        _RDP_CACHE[key] = np.asarray(
+            _compute_rdp_poisson_subsampled_gaussian(q, sigma, np.asarray(orders, dtype=float)), dtype=float
+        )
     return _RDP_CACHE[key]
 
 
@@ -157,9 +157,11 @@ def _recompute(
     orders = tuple(group[0].get("accountant", {}).get("rdp", {}).get("orders", accounting.RDP_ORDERS))
     alphas = np.asarray(orders, dtype=float)
     steps = np.asarray([e["steps"] for e in group], dtype=float)
-    ours = np.stack([_rdp_vectors(float(e["noise_multiplier"]), float(e["sample_rate"]), orders)[0] for e in group])
-    cumulative = np.cumsum(ours * steps[:, None], axis=0)
-    # Opacus' RDP -> (ε, δ) conversion (get_privacy_spent), for every entry at once
+    curves = np.stack(
+        [_rdp_curve(float(e["noise_multiplier"]), float(e["sample_rate"]), orders) for e in group]
+    )
+    cumulative = np.cumsum(curves * steps[:, None], axis=0)
+    # RDP -> (ε, δ): the improved conversion both libraries use (Balle et al. 2020), every entry at once
     with np.errstate(divide="ignore", invalid="ignore"):
         eps_all = cumulative - (np.log(delta) + np.log(alphas)) / (alphas - 1) + np.log((alphas - 1) / alphas)
     recomputed = np.nanmin(eps_all, axis=1)
@@ -180,10 +182,11 @@ def _recompute(
     if above.size:
         e = group[above[0]]
         result.problems.append(
-            f"{_line(path, e)}: epsilon_prv {e['epsilon_prv']:.6g} is above its RDP bound {recomputed[above[0]]:.6g}"
+            f"{_line(path, e)}: epsilon_prv {e['epsilon_prv']:.6g} is above its RDP bound "
+            f"{recomputed[above[0]]:.6g}"
         )
-    final_google = _google_rdp(group, orders, delta)
-    checks = {"rdp_opacus": float(recomputed[-1]), "rdp_dp_accounting": final_google}
+    final_google = _google_rdp(cumulative[-1], orders, delta)
+    checks = {"rdp_dp_accounting": final_google}
     if abs(final_google - recorded_rdp[-1]) > INDEPENDENT_RDP * recorded_rdp[-1]:
         result.problems.append(
             f"{_line(path, group[-1])}: epsilon_rdp {recorded_rdp[-1]:.6g} disagrees with dp-accounting's "
@@ -193,14 +196,22 @@ def _recompute(
     if thorough:
         prv = accounting.epsilon_prv(history, delta)
         pld = _google_pld(history, delta)
-        checks.update(prv_opacus=prv, pld_dp_accounting=pld)
+        checks.update(
+            rdp_opacus=accounting.epsilon_rdp(history, delta), prv_opacus=prv, pld_dp_accounting=pld
+        )
+        if abs(checks["rdp_opacus"] - recorded_rdp[-1]) > SAME * recorded_rdp[-1]:
+            result.problems.append(
+                f"{_line(path, group[-1])}: epsilon_rdp {recorded_rdp[-1]:.6g} recorded, Opacus gives "
+                f"{checks['rdp_opacus']:.6g}"
+            )
         if abs(prv - recorded_prv[-1]) > SAME * max(prv, 1e-12):
             result.problems.append(
                 f"{_line(path, group[-1])}: epsilon_prv {recorded_prv[-1]:.6g} recorded, {prv:.6g} recomputed"
             )
         if abs(pld - recorded_prv[-1]) > INDEPENDENT_PRV * recorded_prv[-1]:
             result.problems.append(
-                f"{_line(path, group[-1])}: epsilon_prv {recorded_prv[-1]:.6g} disagrees with dp-accounting's "
+                f"{_line(path, group[-1])}: epsilon_prv {recorded_prv[-1]:.6g} disagrees with "
+                "dp-accounting's "
                 f"PLD {pld:.6g} by more than {INDEPENDENT_PRV:.0%}"
             )
     recorded_caps = [e.get("max_epsilon") for e in group if e.get("max_epsilon") is not None]
@@ -217,12 +228,9 @@ def _recompute(
     )
 
 
-def _google_rdp(group: list[dict[str, Any]], orders: tuple, delta: float) -> float:
+def _google_rdp(total: np.ndarray, orders: tuple, delta: float) -> float:
     from dp_accounting.rdp.rdp_privacy_accountant import compute_epsilon
 
-    total = sum(
-        _rdp_vectors(float(e["noise_multiplier"]), float(e["sample_rate"]), orders)[1] * e["steps"] for e in group
-    )
     return float(compute_epsilon(np.asarray(orders, dtype=float), total, delta)[0])
 
 
@@ -239,7 +247,9 @@ def _google_pld(history: accounting.History, delta: float) -> float:
         return float(pld.get_epsilon(delta))
 
 
-def _compare_accountant_state(result: SiteAudit, home: Path, fingerprint: str, group: list[dict[str, Any]]) -> None:
+def _compare_accountant_state(
+    result: SiteAudit, home: Path, fingerprint: str, group: list[dict[str, Any]]
+) -> None:
     """The site's persisted accountant must hold exactly the ledger's history for that data."""
     import json
 
@@ -249,7 +259,9 @@ def _compare_accountant_state(result: SiteAudit, home: Path, fingerprint: str, g
         result.problems.append(f"{state_path}: accountant state missing for data {fingerprint[:19]}")
         return
     try:
-        saved = accounting.compact(tuple(h) for h in json.loads(state_path.read_text())["accountant"]["history"])
+        saved = accounting.compact(
+            tuple(h) for h in json.loads(state_path.read_text())["accountant"]["history"]
+        )
     except (ValueError, KeyError, TypeError):
         result.problems.append(f"{state_path}: accountant state unreadable")
         return
@@ -257,7 +269,8 @@ def _compare_accountant_state(result: SiteAudit, home: Path, fingerprint: str, g
         spent = accounting.epsilon_rdp(saved, group[-1]["delta"]) if saved else 0.0
         result.problems.append(
             f"{state_path}: accountant history differs from the ledger's (accountant: "
-            f"{sum(s for *_, s in saved)} steps, ε_RDP {spent:.4g}; ledger: {sum(s for *_, s in history)} steps)"
+            f"{sum(s for *_, s in saved)} steps, ε_RDP {spent:.4g}; "
+            f"ledger: {sum(s for *_, s in history)} steps)"
         )
 
 

@@ -91,7 +91,10 @@ def as_json(audits: list[SiteAudit]) -> str:
             }
             for a in audits
         ],
-        "rounds": [dict(zip(["run", "round", "sites", "max_epsilon_prv", "site"], r, strict=True)) for r in round_rows(audits)],
+        "rounds": [
+            dict(zip(["run", "round", "sites", "max_epsilon_prv", "site"], r, strict=True))
+            for r in round_rows(audits)
+        ],
     }
     return json.dumps(data, indent=2)
 
@@ -99,7 +102,9 @@ def as_json(audits: list[SiteAudit]) -> str:
 def _problems(audits: list[SiteAudit]) -> list[str]:
     out = [p for a in audits for p in a.problems]
     for a in audits:
-        out += [f"{a.site}: ε {b.epsilon_prv:.3f} is over its cap {b.cap:.3f}" for b in a.budgets if b.over_cap]
+        out += [
+            f"{a.site}: ε {b.epsilon_prv:.3f} is over its cap {b.cap:.3f}" for b in a.budgets if b.over_cap
+        ]
     return out
 
 
@@ -113,8 +118,10 @@ def as_markdown(audits: list[SiteAudit]) -> str:
         return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
     problems = _problems(audits)
-    verdict = "**PASSED**: every ledger verifies and every site is within its cap." if not problems else (
-        f"**FAILED**: {len(problems)} problem(s)."
+    verdict = (
+        "**PASSED**: every ledger verifies and every site is within its cap."
+        if not problems
+        else (f"**FAILED**: {len(problems)} problem(s).")
     )
     parts = ["# Privacy audit", "", verdict, ""]
     if problems:
@@ -156,7 +163,14 @@ def print_text(audits: list[SiteAudit], console) -> None:
     console.print(sites)
     rounds = round_rows(audits)
     shown = rounds[-TEXT_ROUNDS:]
-    per_round = Table(title="per round" + (f" (last {len(shown)} of {len(rounds)}; all in --format md/json)" if len(rounds) > len(shown) else ""))
+    per_round = Table(
+        title="per round"
+        + (
+            f" (last {len(shown)} of {len(rounds)}; all in --format md/json)"
+            if len(rounds) > len(shown)
+            else ""
+        )
+    )
     for column in ROUND_HEADER:
         per_round.add_column(column)
     for row in shown:

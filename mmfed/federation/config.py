@@ -43,6 +43,7 @@ class FederationConfig:
     run_dir: str = ""
     resume: bool = False
     cache_dir: str = ""
+    freeze_encoders: bool = False  # train only fusion + classifier (DP fine-tuning of a pretrained model)
     initial_model: str = ""  # safetensors weights to start from (e.g. trained on public data); "" = random
     server_test_dir: str = ""  # a site dir whose test split the server evaluates every round
     device: str = "auto"

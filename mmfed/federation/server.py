@@ -14,6 +14,7 @@ from typing import Any
 from flwr.server import Grid, LegacyContext, ServerConfig
 from flwr.server.workflow import DefaultWorkflow
 
+from mmfed.checkpoint import load_checkpoint
 from mmfed.config import config_hash, to_jsonable
 from mmfed.data.dataset import Collate, MultimodalDataset, Processors
 from mmfed.data.manifest import load_manifest
@@ -22,7 +23,6 @@ from mmfed.federation.config import FederationConfig
 from mmfed.federation.params import get_weights, set_weights
 from mmfed.federation.plots import write_plots
 from mmfed.federation.rundir import RunDir
-from mmfed.checkpoint import load_checkpoint
 from mmfed.federation.site import federation_scenario
 from mmfed.federation.strategy import MMFedAvg
 from mmfed.models import build_model

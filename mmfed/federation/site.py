@@ -129,6 +129,8 @@ class SiteRuntime:
         seed_everything(seed)
         set_weights(self.model, weights)
         self.model.to(self.device)
+        for name, param in self.model.named_parameters():  # the model object is shared: set every time
+            param.requires_grad = not (cfg.freeze_encoders and name.startswith("encoders."))
         budget = self.budget(cfg)
         if budget is not None:
             return self._fit_private(weights, cfg, server_round, run_id, budget)

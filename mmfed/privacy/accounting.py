@@ -12,9 +12,6 @@ import math
 import warnings
 from collections.abc import Iterable
 
-from opacus.accountants import PRVAccountant, RDPAccountant
-from opacus.accountants.utils import get_noise_multiplier
-
 from mmfed.errors import ConfigError
 
 History = list[tuple[float, float, int]]
@@ -50,6 +47,8 @@ def epsilon_prv(history: History, delta: float) -> float:
 
 @functools.lru_cache(maxsize=256)
 def _prv(history: tuple, delta: float) -> float:
+    from opacus.accountants import PRVAccountant  # imported here: opacus pulls in torch (slow to start)
+
     accountant = PRVAccountant()
     accountant.history = list(history)
     with warnings.catch_warnings():
@@ -62,6 +61,8 @@ def epsilon_rdp(history: History, delta: float) -> float:
         return 0.0
     if any(sigma == 0 for sigma, _, _ in history):
         return math.inf
+    from opacus.accountants import RDPAccountant
+
     accountant = RDPAccountant()
     accountant.history = compact(history)
     with warnings.catch_warnings():
@@ -72,6 +73,8 @@ def epsilon_rdp(history: History, delta: float) -> float:
 @functools.lru_cache(maxsize=64)
 def noise_for_target(target_epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
     """The σ that spends `target_epsilon` (PRV) over `steps` steps at `sample_rate` — a whole run."""
+    from opacus.accountants.utils import get_noise_multiplier
+
     if not target_epsilon > 0:
         raise ConfigError("target-epsilon", f"must be > 0, got {target_epsilon}")
     with warnings.catch_warnings():

@@ -149,11 +149,13 @@ class SiteBudget:
         outside = sorted(set(proposal.modalities) - set(p.allowed_modalities))
         if outside:
             raise Refusal(
-                f"{name}: modalities {outside} are not in this site's allowed_modalities {list(p.allowed_modalities)}"
+                f"{name}: modalities {outside} are not in this site's allowed_modalities "
+                f"{list(p.allowed_modalities)}"
             )
         if proposal.max_grad_norm > p.max_clipping_norm:
             raise Refusal(
-                f"{name}: clipping norm {proposal.max_grad_norm:g} is above max_clipping_norm={p.max_clipping_norm:g}"
+                f"{name}: clipping norm {proposal.max_grad_norm:g} is above "
+                f"max_clipping_norm={p.max_clipping_norm:g}"
             )
         sample_rate, steps = dp_geometry(records, proposal.batch_size, proposal.local_epochs)
         if sample_rate > p.max_sample_rate:
@@ -170,7 +172,8 @@ class SiteBudget:
             )
         if sigma < p.min_noise_multiplier:
             raise Refusal(
-                f"{name}: noise multiplier {sigma:.4g} is below min_noise_multiplier={p.min_noise_multiplier:g}"
+                f"{name}: noise multiplier {sigma:.4g} is below "
+                f"min_noise_multiplier={p.min_noise_multiplier:g}"
             )
         before = self.history()
         after = accounting.compact([*before, (sigma, sample_rate, steps)])

@@ -22,6 +22,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from mmfed.errors import MMFedError
 from mmfed.privacy.keys import key_id
 
 GENESIS = "0" * 64
@@ -71,16 +72,43 @@ def read_lines(path: Path) -> list[bytes]:
     return [line for line in path.read_bytes().split(b"\n") if line.strip()]
 
 
+def last_line(path: Path) -> bytes | None:
+    """The file's last non-empty line, read from the end (appending stays O(1) on long ledgers)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        block = min(size, 1 << 16)
+        while True:
+            f.seek(size - block)
+            lines = [x for x in f.read(block).split(b"\n") if x.strip()]
+            if len(lines) > 1 or block == size:
+                return lines[-1] if lines else None
+            block = min(size, block * 4)
+
+
+def signed_entry(
+    fields: dict[str, Any], key: Ed25519PrivateKey, index: int, prev_hash: str
+) -> dict[str, Any]:
+    entry = {**fields, "index": index, "prev_hash": prev_hash, "key_id": key_id(key.public_key())}
+    entry["signature"] = base64.b64encode(key.sign(canonical(entry))).decode()
+    return entry
+
+
 def append(path: Path, key: Ed25519PrivateKey, fields: dict[str, Any]) -> dict[str, Any]:
     """Sign `fields` as the next entry and append it durably (caller holds `locked(path)`)."""
-    lines = read_lines(path)
-    entry = {
-        **fields,
-        "index": len(lines),
-        "prev_hash": line_hash(lines[-1]) if lines else GENESIS,
-        "key_id": key_id(key.public_key()),
-    }
-    entry["signature"] = base64.b64encode(key.sign(canonical(entry))).decode()
+    last = last_line(path)
+    if last is None:
+        index, prev = 0, GENESIS
+    else:
+        try:
+            index, prev = int(json.loads(last)["index"]) + 1, line_hash(last)
+        except (ValueError, KeyError, TypeError):
+            raise MMFedError(
+                f"{path}: the last entry is unreadable; nothing was appended — run `mmfed audit` on this site"
+            ) from None
+    entry = signed_entry(fields, key, index, prev)
     with open(path, "ab") as f:
         f.write(canonical(entry) + b"\n")
         f.flush()
@@ -134,12 +162,14 @@ def verify(
         if entry["key_id"] != expected_key:
             return Problem(
                 number,
-                f"entry {entry['index']} is signed by key {entry['key_id']}, not the site's key {expected_key}",
+                f"entry {entry['index']} is signed by key {entry['key_id']}, "
+                f"not the site's key {expected_key}",
             )
         if not signature_ok(entry, public):
             return Problem(
                 number,
-                f"entry {entry['index']}: signature does not verify with the site's key: the entry was edited or forged",
+                f"entry {entry['index']}: signature does not verify with the site's key: "
+                "the entry was edited or forged",
             )
         return None
 
@@ -147,7 +177,11 @@ def verify(
     for number, (line, entry) in enumerate(zip(lines, entries, strict=True), start=1):
         if entry["index"] != number - 1:
             later = any(e["index"] == number - 1 for e in entries[number:])
-            what = "reordered" if later else ("deleted" if entry["index"] > number - 1 else "inserted or duplicated")
+            what = (
+                "reordered"
+                if later
+                else ("deleted" if entry["index"] > number - 1 else "inserted or duplicated")
+            )
             return entries, Problem(
                 number, f"entry {entry['index']} found where entry {number - 1} belongs: an entry was {what}"
             )
