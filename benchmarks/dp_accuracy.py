@@ -26,7 +26,7 @@ from mmfed.federation.simulation import simulate  # noqa: E402
 
 BATCH = 64
 CLIP = 1.0
-LR = 1e-2
+LR = 3e-2
 # (name, target ε (0: no DP), start from the public model and freeze the encoders)
 VARIANTS = [
     ("ε = 1", 1.0, True),

@@ -18,7 +18,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from common import REPO  # noqa: E402
 
-ORDER = ["audio_features", "dp_step", "centralized_accuracy", "federation_accuracy", "federation_scale"]
+ORDER = [
+    "audio_features",
+    "dp_step",
+    "centralized_accuracy",
+    "federation_accuracy",
+    "federation_scale",
+    "dp_accuracy",
+    "audit_scale",
+]
 TARGET = REPO / "BENCHMARKS.md"
 
 

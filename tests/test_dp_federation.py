@@ -118,3 +118,29 @@ def test_non_private_run_leaves_no_privacy_state_but_a_site_policy_refuses_it(cf
     assert summary["private"] is False and summary["site_epsilon"] == {}
     assert "no differential privacy" in summary["sites_refused"]["site_00002"]
     assert not (tmp_path / "state" / "site_00000").exists()  # no policy, no DP: nothing recorded
+
+
+def test_initial_model_with_frozen_encoders_trains_only_fusion(cfg, tmp_path):
+    import torch
+    from safetensors.numpy import load_file
+
+    from mmfed.checkpoint import save_checkpoint
+    from mmfed.errors import MMFedError
+    from mmfed.models import build_model
+
+    scenario = federation_scenario(cfg)
+    torch.manual_seed(123)
+    public = build_model(cfg.model_config(scenario))
+    save_checkpoint(public, tmp_path / "public.safetensors", {"note": "public data"})
+    tuned = cfg.replace(rounds=1, initial_model=str(tmp_path / "public.safetensors"), freeze_encoders=True)
+    assert run(tuned)["rounds_completed"] == 1
+    after = load_file(f"{cfg.run_dir}/checkpoints/round_0001.safetensors")
+    start = {k: v.numpy() for k, v in public.state_dict().items()}
+    encoders = [k for k in start if k.startswith("encoders.")]
+    assert encoders and all((after[k] == start[k]).all() for k in encoders)
+    assert any((after[k] != start[k]).any() for k in start if k.startswith("fusion."))
+    # weights that do not fit the run's model are refused, naming the file
+    other = build_model(cfg.replace(fusion="late").model_config(scenario))
+    save_checkpoint(other, tmp_path / "other.safetensors", {})
+    with pytest.raises(MMFedError, match="other.safetensors"):
+        run(cfg.replace(run_dir=str(tmp_path / "run3"), initial_model=str(tmp_path / "other.safetensors")))

@@ -70,3 +70,31 @@ def test_simulate_rejects_bad_settings_before_starting(tmp_path):
     result = CliRunner().invoke(app, ["simulate", "--config", str(bad)])
     assert result.exit_code == 2 and "local_epocs" in result.output and "bad.toml" in result.output
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_simulate_with_dp_prints_epsilon_and_its_ledgers_pass_the_audit(tmp_path):
+    state = tmp_path / "sites"
+    args = [
+        "simulate", "--scenario", "synthetic", "--sites", "2", "--rounds", "2", "--modalities", "image",
+        "--fusion", "late", "--min-sites", "2", "--cache-dir", str(tmp_path / "cache"),
+        "--run-dir", str(tmp_path / "run"), "--target-epsilon", "4", "--max-grad-norm", "1.0",
+        "--state-dir", str(state),
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "ε max" in result.output and "privacy spent per site" in result.output
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert set(summary["site_epsilon"]) == {"site_00000", "site_00001"}
+    assert 3.5 < summary["epsilon_prv_max"] <= 4.0  # the target, spent over the whole planned run
+    audit = CliRunner().invoke(app, ["audit", str(state), "--format", "md"])
+    assert audit.exit_code == 0 and "PASSED" in audit.output, audit.output
+
+
+def test_simulate_rejects_bad_privacy_settings(tmp_path):
+    base = ["simulate", "--scenario", "synthetic", "--run-dir", str(tmp_path / "r")]
+    result = CliRunner().invoke(app, [*base, "--target-epsilon", "3", "--noise-multiplier", "1"])
+    assert result.exit_code == 2 and "not both" in result.output
+    result = CliRunner().invoke(app, [*base, "--noise-multiplier", "1", "--delta", "2"])
+    assert result.exit_code == 2 and "delta" in result.output
+    assert not (tmp_path / "r").exists()
