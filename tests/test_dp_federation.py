@@ -144,3 +144,30 @@ def test_initial_model_with_frozen_encoders_trains_only_fusion(cfg, tmp_path):
     save_checkpoint(other, tmp_path / "other.safetensors", {})
     with pytest.raises(MMFedError, match="other.safetensors"):
         run(cfg.replace(run_dir=str(tmp_path / "run3"), initial_model=str(tmp_path / "other.safetensors")))
+
+
+def test_deployed_sites_keep_budget_and_ledger_in_their_own_directory(cfg, tmp_path):
+    from mmfed.data.scenarios.synthetic import synthetic_site
+    from mmfed.privacy import keys
+
+    scenario = federation_scenario(cfg)  # the server's model shape: same generator, same classes
+    sites = [synthetic_site(tmp_path / "hospital", i, samples=40, modalities="image,audio") for i in range(3)]
+    for site in sites[:2]:  # `mmfed site init` done at two sites; the third never set up its privacy
+        (site / "site.toml").write_text(SitePolicy(max_epsilon=50.0, max_sample_rate=1.0).template())
+        keys.create_key(site)
+    assert scenario.labels
+    result: dict = {}
+    grid = LocalGrid(make_client_app(cfg), 3, node_configs=[{"site-dir": str(s)} for s in sites])
+    try:
+        make_server_app(cfg.replace(rounds=1), result=result)(grid, server_context())
+    finally:
+        grid.close()
+    rows = [json.loads(x) for x in open(f"{cfg.run_dir}/metrics.jsonl").read().splitlines()]
+    fits = {r["site"]: r for r in rows if r["kind"] == "fit"}
+    assert fits[sites[0].name]["status"] == fits[sites[1].name]["status"] == "accepted"
+    assert fits[sites[2].name]["status"] == "failed" and "mmfed site init" in fits[sites[2].name]["reason"]
+    for site in sites[:2]:
+        (entry,) = [json.loads(x) for x in (site / LEDGER).read_text().splitlines()]
+        assert entry["max_epsilon"] == 50.0 and entry["round"] == 1
+        assert audit_ledger(site / LEDGER, site).ok
+    assert not (tmp_path / "state").exists()  # deployed sites never use the simulation state dir

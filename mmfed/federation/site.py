@@ -224,11 +224,17 @@ MAX_CACHED_SITES = 8
 
 def site_home(cfg: FederationConfig, node_config: dict[str, Any], name: str) -> Path:
     """Deployment: node config `state-dir`, else the site directory. Simulation: STATE_DIR/<site>, where
-    STATE_DIR is --state-dir, else the run directory's sites/."""
+    STATE_DIR is `state-dir`, else the run directory's sites/, else (`flwr run` without either, whose
+    workers run in Flower's app folder) ~/.mmfed/sites."""
     if node_config.get("site-dir"):
         return Path(str(node_config.get("state-dir") or node_config["site-dir"])).resolve()
-    root = cfg.state_dir or (str(Path(cfg.run_dir) / "sites") if cfg.run_dir else "runs/site-state")
-    return Path(root).resolve() / name
+    if cfg.state_dir:
+        root = Path(cfg.state_dir)
+    elif cfg.run_dir:
+        root = Path(cfg.run_dir) / "sites"
+    else:
+        root = Path.home() / ".mmfed" / "sites"
+    return root.resolve() / name
 
 
 def load_site(cfg: FederationConfig, node_config: dict[str, Any]) -> SiteRuntime:
