@@ -76,7 +76,7 @@ def find_ledgers(paths: list[Path]) -> list[tuple[Path, Path | None]]:
         if path.is_file():
             home = path.parent.parent if path.parent.name == "state" else None
             found.append((path, home))
-        elif (path / LEDGER).is_file():
+        elif (path / LEDGER).is_file() or (path / POLICY_FILE).is_file():  # a site that released nothing yet
             found.append((path / LEDGER, path))
         elif path.is_dir():
             homes = sorted(p for p in path.iterdir() if (p / LEDGER).is_file())

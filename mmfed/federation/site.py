@@ -77,6 +77,7 @@ class SiteRuntime:
     test: MultimodalDataset
     collate: Collate
     device: torch.device
+    all_train: list[Sample]  # every training record, whatever the run's modalities: the budget's key
     home: Path  # the site's privacy home: site.toml, keys/, state/ (see mmfed.privacy.budget)
     deployed: bool  # a deployed site must have its own policy and key; a simulated one gets defaults
     model: torch.nn.Module = field(init=False)
@@ -111,7 +112,7 @@ class SiteRuntime:
                     max_sample_rate=1.0,
                     source="simulation default (no site.toml: no cap)",
                 )
-            fingerprint = data_fingerprint(self.train.samples)
+            fingerprint = data_fingerprint(self.all_train)
             self._budget = SiteBudget(self.home, fingerprint, site=self.name, simulated_policy=default)
         return self._budget
 
@@ -274,6 +275,7 @@ def load_site(cfg: FederationConfig, node_config: dict[str, Any]) -> SiteRuntime
         test=MultimodalDataset([s for s in samples if s.split == "test"], processors),
         collate=Collate(scenario.spec, model_cfg.modalities),
         device=select_device(cfg.device),
+        all_train=[s for s in samples if s.split == "train"],
         home=site_home(cfg, node_config, name),
         deployed=bool(site_dir),
     )

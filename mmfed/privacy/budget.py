@@ -137,6 +137,8 @@ class SiteBudget:
     # -- the guard ---------------------------------------------------------------------------------
     def plan(self, proposal: Proposal, records: int) -> RoundPlan:
         """This round's DP parameters, or Refusal naming the rule the proposal breaks."""
+        if (self.home / POLICY_FILE).exists():  # re-read every round: the site may tighten it any time
+            self.policy = load_policy(self.home / POLICY_FILE)
         p = self.policy
         name = f"site {self.site}"
         cap = f"max_epsilon={p.max_epsilon:g}" if math.isfinite(p.max_epsilon) else ""
