@@ -37,6 +37,20 @@ VARIANTS = [
 ]
 
 
+TUNING = (
+    "What limits it, and how the recipe was chosen (ε = 3, 10 planned rounds, same code on the in-process "
+    "grid of tests/localgrid.py, one run each): DP noise grows with the number of trained parameters "
+    "(‖noise‖ ≈ σ·C·√d / batch) while each site has only ~450 records, so training all 212,682 parameters "
+    "from random weights stays near chance (10% after 13 of 20 rounds at ε = 1). Starting from the public "
+    "digits-av model helps most; freezing its encoders (34,442 trained parameters) and raising the "
+    "learning rate does the rest: accuracy after round 3 was 74.0% (whole model, lr 2e-3), 71.3% (whole "
+    "model, 5e-4), 72.7% (frozen, 2e-3), 79.3% (frozen, 1e-2; 86.0% at round 10), 87.0% (frozen, 3e-2; "
+    "90.3% at rounds 7–8) and 72.0% (frozen, 1e-1). The remaining gap to the non-private run is the "
+    "noise, and the domain gap between digits-av (8x8 digits, synthetic voices) and MNIST/FSDD that the "
+    "frozen encoders cannot close."
+)
+
+
 def public_model(out: Path) -> tuple[Path, float]:
     """Centralised training on digits-av (generated offline: public, no patient in it)."""
     from mmfed.config import TrainConfig
@@ -123,6 +137,8 @@ def main(rounds: int = 10) -> str:
             ),
             "",
             "![global accuracy per round under DP](benchmarks/dp_accuracy.png)",
+            "",
+            TUNING,
         ]
     )
 

@@ -523,7 +523,9 @@ def audit(
         else:
             print(text)
     if plots:
-        console.print(f"plot: {report.plot_epsilon(audits, plots)}", highlight=False)
+        path = report.plot_epsilon(audits, plots)
+        # the report may be on stdout (md/json piped to a file): status goes to stderr
+        Console(stderr=True).print(f"plot: {path}", highlight=False)
     if not all(a.ok for a in audits):
         raise typer.Exit(1)
 

@@ -246,3 +246,14 @@ def test_fast_grad_sample_mode_gives_the_exact_clipped_gradient():
 
 def test_epsilon_is_infinite_without_noise():
     assert math.isinf(accounting.epsilon_prv([(0.0, 0.1, 10)], 1e-5))
+
+
+def test_a_tightened_policy_applies_from_the_next_round(tmp_path):
+    budget = home_with_policy(tmp_path, max_epsilon=50.0)
+    plan = budget.plan(proposal(), records=400)
+    budget.release(
+        plan, [(plan.noise_multiplier, plan.sample_rate, plan.steps)], run_id="r", round=1, extra={}
+    )
+    (budget.home / "site.toml").write_text(SitePolicy(max_epsilon=plan.epsilon_prv * 1.01).template())
+    with pytest.raises(Refusal, match="above max_epsilon"):
+        budget.plan(proposal(), records=400)

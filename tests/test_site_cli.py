@@ -22,7 +22,9 @@ def test_site_init_creates_policy_and_key_and_never_overwrites(tmp_path):
     text = " ".join(result.output.split())
     assert "manifest OK" in text and "next:" in text and "ed25519:" in text
     # a second init keeps the edited policy and the key
-    (site / "site.toml").write_text((site / "site.toml").read_text().replace("max_epsilon = 5.0", "max_epsilon = 2.5"))
+    (site / "site.toml").write_text(
+        (site / "site.toml").read_text().replace("max_epsilon = 5.0", "max_epsilon = 2.5")
+    )
     key_bytes = private.read_bytes()
     again = runner.invoke(app, ["site", "init", "--dir", str(site)])
     assert again.exit_code == 0 and "kept existing" in again.output

@@ -198,9 +198,19 @@ def plot_epsilon(audits: list[SiteAudit], folder: Path) -> Path:
     for a in audits:
         for b in a.budgets:
             eps = [e["epsilon_prv"] for e in a.entries if e["data_fingerprint"] == b.fingerprint]
-            ax.plot(range(1, len(eps) + 1), eps, lw=0.8 if many else 1.5, label=None if many else a.site)
+            ax.plot(
+                range(1, len(eps) + 1),
+                eps,
+                lw=0.8 if many else 1.5,
+                marker=None if many or len(eps) > 50 else "o",
+                label=None if many else a.site,
+            )
             if b.cap is not None and not many:
                 ax.axhline(b.cap, ls=":", lw=0.8, color=ax.lines[-1].get_color())
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylim(bottom=0)
     ax.set_xlabel("rounds released by the site (all runs, in order)")
     ax.set_ylabel("cumulative ε (PRV)")
     ax.set_title(f"privacy spent per site ({len(audits)} sites)")
