@@ -152,7 +152,7 @@ def test_audit_cli_exit_codes_formats_and_plot(tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["audit", str(ok), "--format", "json", "--plots", str(tmp_path / "plots")])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output[: result.output.rindex("}") + 1])
+    report = json.loads(result.stdout)
     assert report["ok"] and report["sites"][0]["budgets"][0]["rounds"] == 3
     assert (tmp_path / "plots" / "epsilon_per_round.png").stat().st_size > 0
     # a site over its cap (the cap lowered after the fact) fails the audit
