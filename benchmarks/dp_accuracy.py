@@ -47,7 +47,9 @@ TUNING = (
     "model, 5e-4), 72.7% (frozen, 2e-3), 79.3% (frozen, 1e-2; 86.0% at round 10), 87.0% (frozen, 3e-2; "
     "90.3% at rounds 7–8) and 72.0% (frozen, 1e-1). The remaining gap to the non-private run is the "
     "noise, and the domain gap between digits-av (8x8 digits, synthetic voices) and MNIST/FSDD that the "
-    "frozen encoders cannot close."
+    "frozen encoders cannot close: without DP the same recipe reaches 95.33%, while the whole model "
+    "trained from random weights without DP reaches 99.33% in 20 rounds (\"Federated accuracy on "
+    "fsdd-mnist\")."
 )
 
 

@@ -12,6 +12,7 @@ import base64
 import fcntl
 import hashlib
 import json
+import operator
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -44,6 +46,13 @@ REQUIRED = {
     "prev_hash": str,
     "signature": str,
 }
+
+
+REQUIRED_KEYS = set(REQUIRED)
+# exact types (bool is not a number here); a float field may hold an int (JSON has one number type)
+REQUIRED_TYPES = [(name, (int, float) if kind is float else (kind,)) for name, kind in REQUIRED.items()]
+_fields = operator.itemgetter(*REQUIRED)
+EXACT_TYPES = tuple(REQUIRED.values())
 
 
 def canonical(entry: dict[str, Any]) -> bytes:
@@ -146,16 +155,18 @@ def verify(
     entries: list[dict[str, Any]] = []
     for number, line in enumerate(lines, start=1):
         try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as exc:
-            return entries, Problem(number, f"not valid JSON ({exc.msg}): the entry was edited or truncated")
+            entry = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            return entries, Problem(number, f"not valid JSON ({exc}): the entry was edited or truncated")
         if not isinstance(entry, dict):
             return entries, Problem(number, "not a JSON object: the entry was edited")
-        for name, kind in REQUIRED.items():
-            value = entry.get(name)
-            ok = isinstance(value, kind) or (kind is float and isinstance(value, int))
-            if not ok or isinstance(value, bool):
-                return entries, Problem(number, f"field {name!r} is missing or not a {kind.__name__}")
+        # fast path: one C-level tuple of the field types; the precise check only when it differs
+        if not REQUIRED_KEYS <= entry.keys() or (
+            tuple(map(type, _fields(entry))) != EXACT_TYPES
+            and not all(type(entry[name]) in kinds for name, kinds in REQUIRED_TYPES)
+        ):
+            bad = next(n for n, kinds in REQUIRED_TYPES if n not in entry or type(entry[n]) not in kinds)
+            return entries, Problem(number, f"field {bad!r} is missing or not a {REQUIRED[bad].__name__}")
         entries.append(entry)
 
     def sig_problem(number: int, entry: dict[str, Any]) -> Problem | None:
