@@ -98,3 +98,18 @@ def test_simulate_rejects_bad_privacy_settings(tmp_path):
     result = CliRunner().invoke(app, [*base, "--noise-multiplier", "1", "--delta", "2"])
     assert result.exit_code == 2 and "delta" in result.output
     assert not (tmp_path / "r").exists()
+
+
+def test_flwr_run_config_lists_every_setting_and_parses():
+    """`flwr run .` can only override settings listed in pyproject.toml's [tool.flwr.app.config]."""
+    import dataclasses
+    import tomllib
+    from pathlib import Path
+
+    from mmfed.federation.config import FederationConfig
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    listed = tomllib.loads(pyproject.read_text())["tool"]["flwr"]["app"]["config"]
+    settings = {f.name.replace("_", "-") for f in dataclasses.fields(FederationConfig)}
+    assert set(listed) == settings
+    assert not FederationConfig.from_mapping(listed).private  # `flwr run .` defaults: no DP proposed
