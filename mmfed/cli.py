@@ -18,6 +18,8 @@ data_app = typer.Typer(help="Site data: check a site directory, build scenario s
 app.add_typer(data_app, name="data")
 site_app = typer.Typer(help="A data-holding site: its privacy policy, signing key and budget.")
 app.add_typer(site_app, name="site")
+certs_app = typer.Typer(help="Deployment certificates and keys: CA, SuperLink TLS, SuperNode auth keys.")
+app.add_typer(certs_app, name="certs")
 console = Console()
 
 
@@ -480,6 +482,44 @@ def site_check(dir: Annotated[Path, typer.Option("--dir", help="the site directo
         f"remaining {policy.max_epsilon - prv:.3f}",
         highlight=False,
     )
+
+
+@certs_app.command("server")
+def certs_server(
+    out: Annotated[Path, typer.Option("--out", help="folder for ca.key/ca.crt and server.key/server.pem")],
+    host: Annotated[list[str], typer.Option("--host", help="DNS name or IP the SuperLink is reached by")],
+    days: Annotated[int, typer.Option(help="server certificate validity")] = 365,
+    force: Annotated[bool, typer.Option(help="replace an existing server key")] = False,
+) -> None:
+    """A CA (created once, then reused) and the SuperLink's TLS certificate for the given hosts."""
+    from mmfed.secure import certs
+
+    try:
+        cert = certs.server_certificate(out, host, days=days, force=force)
+    except MMFedError as exc:
+        _fail(exc)
+    console.print(
+        f"CA: {out / certs.CA_CERT} (give this to every site; keep {out / certs.CA_KEY} offline)\n"
+        f"SuperLink: --ssl-ca-certfile {out / certs.CA_CERT} --ssl-certfile {cert} "
+        f"--ssl-keyfile {out / certs.SERVER_KEY}",
+        highlight=False,
+    )
+
+
+@certs_app.command("node")
+def certs_node(
+    out: Annotated[Path, typer.Option("--out", help="folder for the key pair")],
+    name: Annotated[str, typer.Option("--name", help="file name, e.g. the site's name")],
+    force: Annotated[bool, typer.Option(help="replace an existing key")] = False,
+) -> None:
+    """An EC P-384 key pair (OpenSSH format) that authenticates a SuperNode to the SuperLink."""
+    from mmfed.secure import certs
+
+    try:
+        private, public = certs.node_key(out, name, force=force)
+    except MMFedError as exc:
+        _fail(exc)
+    console.print(f"private key {private} (mode 0600, stays at the site); public key {public} (register it)")
 
 
 @app.command()

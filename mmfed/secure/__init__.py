@@ -1,0 +1,1 @@
+"""Deployment security: certificates and keys."""
