@@ -176,3 +176,24 @@ def test_epsilon_recorded_is_the_cumulative_one(tmp_path):
     history = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in entries]
     assert entries[-1]["epsilon_prv"] == pytest.approx(accounting.epsilon_prv(history, 1e-5), abs=1e-9)
     assert entries[-1]["epsilon_prv"] > 1.5 * accounting.epsilon_prv(history[:1], 1e-5)
+
+
+def test_a_site_that_changed_its_delta_still_verifies(tmp_path):
+    home = make_site(tmp_path, rounds=2)
+    (home / "site.toml").write_text(SitePolicy(max_epsilon=20.0, delta=1e-6).template())
+    budget = SiteBudget(home, "sha256:" + "cd" * 32, site="hospital-a")
+    offer = Proposal(
+        noise_multiplier=1.1, target_epsilon=0.0, max_grad_norm=1.0, batch_size=50, local_epochs=1,
+        rounds=3, modalities=("image",),
+    )  # fmt: skip
+    plan = budget.plan(offer, records=400)
+    budget.release(
+        plan,
+        [*plan.history, (plan.noise_multiplier, plan.sample_rate, plan.steps)],
+        run_id="r2",
+        round=1,
+        extra={},
+    )
+    result = audit_ledger(home / LEDGER, home, thorough=True)
+    assert result.ok, result.problems
+    assert any("different δ" in n for n in result.notes)

@@ -257,3 +257,18 @@ def test_a_tightened_policy_applies_from_the_next_round(tmp_path):
     (budget.home / "site.toml").write_text(SitePolicy(max_epsilon=plan.epsilon_prv * 1.01).template())
     with pytest.raises(Refusal, match="above max_epsilon"):
         budget.plan(proposal(), records=400)
+
+
+def test_a_lost_accountant_state_is_never_a_fresh_budget(tmp_path):
+    budget = home_with_policy(tmp_path, max_epsilon=50.0)
+    plan = budget.plan(proposal(), records=400)
+    budget.release(
+        plan, [(plan.noise_multiplier, plan.sample_rate, plan.steps)], run_id="r", round=1, extra={}
+    )
+    budget.budget_path.unlink()
+    with pytest.raises(MMFedError, match="never reset"):
+        budget.plan(proposal(), records=400)
+    budget.budget_path.parent.mkdir(parents=True, exist_ok=True)
+    budget.budget_path.write_text("{not json")
+    with pytest.raises(MMFedError, match="restore it from backup"):
+        budget.plan(proposal(), records=400)

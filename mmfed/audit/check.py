@@ -152,8 +152,8 @@ def _recompute(
 ) -> DataBudget:
     deltas = {e["delta"] for e in group}
     delta = group[-1]["delta"]
-    if len(deltas) > 1:
-        result.problems.append(f"{path}: data {fingerprint[:19]}: entries use different δ {sorted(deltas)}")
+    if len(deltas) > 1:  # the site changed its policy's δ: each entry is checked at its own δ
+        result.notes.append(f"data {fingerprint[:19]}: entries use different δ {sorted(deltas)}")
     orders = tuple(group[0].get("accountant", {}).get("rdp", {}).get("orders", accounting.RDP_ORDERS))
     alphas = np.asarray(orders, dtype=float)
     steps = np.asarray([e["steps"] for e in group], dtype=float)
@@ -162,8 +162,9 @@ def _recompute(
     )
     cumulative = np.cumsum(curves * steps[:, None], axis=0)
     # RDP -> (ε, δ): the improved conversion both libraries use (Balle et al. 2020), every entry at once
+    log_delta = np.log(np.asarray([e["delta"] for e in group], dtype=float))[:, None]
     with np.errstate(divide="ignore", invalid="ignore"):
-        eps_all = cumulative - (np.log(delta) + np.log(alphas)) / (alphas - 1) + np.log((alphas - 1) / alphas)
+        eps_all = cumulative - (log_delta + np.log(alphas)) / (alphas - 1) + np.log((alphas - 1) / alphas)
     recomputed = np.nanmin(eps_all, axis=1)
     recorded_rdp = np.asarray([e["epsilon_rdp"] for e in group])
     recorded_prv = np.asarray([e["epsilon_prv"] for e in group])

@@ -73,6 +73,7 @@ def as_json(audits: list[SiteAudit]) -> str:
                 "entries": len(a.entries),
                 "ok": a.ok,
                 "problems": a.problems,
+                "notes": a.notes,
                 "budgets": [
                     {
                         "data_fingerprint": b.fingerprint,
@@ -108,6 +109,10 @@ def _problems(audits: list[SiteAudit]) -> list[str]:
     return out
 
 
+def _notes(audits: list[SiteAudit]) -> list[str]:
+    return [f"{a.site}: {n}" for a in audits for n in a.notes]
+
+
 def _keys(audits: list[SiteAudit]) -> list[str]:
     return [f"{a.site}: {a.key_id} (from {a.key_source})" for a in audits]
 
@@ -129,6 +134,8 @@ def as_markdown(audits: list[SiteAudit]) -> str:
     parts += ["## Sites", "", table(SITE_HEADER, site_rows(audits)), "", "## Rounds", ""]
     parts += [table(ROUND_HEADER, round_rows(audits)), "", "## Keys checked", ""]
     parts += [f"- {k}" for k in _keys(audits)]
+    if _notes(audits):
+        parts += ["", "## Notes", ""] + [f"- {n}" for n in _notes(audits)]
     return "\n".join(parts) + "\n"
 
 
@@ -141,7 +148,7 @@ def as_html(audits: list[SiteAudit]) -> str:
     problems = _problems(audits)
     verdict = "PASSED" if not problems else f"FAILED: {len(problems)} problem(s)"
     items = "".join(f"<li>{html.escape(p)}</li>" for p in problems)
-    keys = "".join(f"<li>{html.escape(k)}</li>" for k in _keys(audits))
+    keys = "".join(f"<li>{html.escape(k)}</li>" for k in _keys(audits) + _notes(audits))
     return (
         "<!doctype html><meta charset='utf-8'><title>Privacy audit</title>"
         "<style>body{font-family:sans-serif}td,th{padding:2px 8px;border-bottom:1px solid #ccc}</style>"
@@ -178,6 +185,8 @@ def print_text(audits: list[SiteAudit], console) -> None:
     console.print(per_round)
     for key in _keys(audits):
         console.print(f"key {key}", highlight=False)
+    for note in _notes(audits):
+        console.print(f"note {note}", highlight=False)
     problems = _problems(audits)
     for problem in problems:
         console.print(f"[bold red]FAILED[/] {problem}", highlight=False)

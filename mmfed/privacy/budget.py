@@ -105,12 +105,20 @@ class SiteBudget:
     # -- the accountant's state --------------------------------------------------------------------
     def history(self) -> History:
         if not self.budget_path.exists():
+            if self.fingerprint.encode() in (
+                self.ledger_path.read_bytes() if self.ledger_path.exists() else b""
+            ):
+                raise MMFedError(
+                    f"{self.budget_path}: the accountant state is missing, but {self.ledger_path} records "
+                    "releases on this data; a budget is never reset — restore the file from backup"
+                )
             return []
         try:
             state = json.loads(self.budget_path.read_text())
-            assert state["fingerprint"] == self.fingerprint and state["accountant"]["mechanism"] == "prv"
+            if state["fingerprint"] != self.fingerprint or state["accountant"]["mechanism"] != "prv":
+                raise ValueError("another data fingerprint or accountant")
             return accounting.compact(tuple(h) for h in state["accountant"]["history"])
-        except (json.JSONDecodeError, KeyError, TypeError, AssertionError):
+        except (ValueError, KeyError, TypeError):
             raise MMFedError(
                 f"{self.budget_path}: the site's accountant state is unreadable or not this data's; "
                 "it is never reset automatically — restore it from backup (the ledger records every release)"
