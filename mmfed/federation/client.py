@@ -17,7 +17,9 @@ from flwr.client import ClientApp, NumPyClient
 from flwr.client.mod import secaggplus_mod
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
+from mmfed.errors import MMFedError
 from mmfed.federation.config import FederationConfig
+from mmfed.federation.secure import check_range
 from mmfed.federation.site import load_site
 from mmfed.privacy.budget import Refusal
 
@@ -40,15 +42,25 @@ class SiteClient(NumPyClient):
     def fit(self, parameters, config):
         server_round = int(config.get("server-round", 0))
         name = site_label(self.node_config)
+        secure = self.cfg.secure_aggregation
         try:
             runtime = load_site(self.cfg, self.node_config)
             name = runtime.name
-            return runtime.fit(parameters, self.cfg, server_round, run_id=str(config.get("run-id", "")))
+            update, examples, metrics = runtime.fit(
+                parameters, self.cfg, server_round, run_id=str(config.get("run-id", ""))
+            )
+            if secure:
+                check_range(update, examples, self.cfg)
+            return update, examples, metrics
         except Refusal as exc:
             log.warning("round %d: %s", server_round, exc)
+            if secure:  # SecAgg+ has no "empty update": the site drops out, the reason goes with it
+                raise
             return [], 0, {"site": name, "refused": str(exc)}
         except Exception as exc:  # noqa: BLE001 - any failure is reported to the server as this site's failure
             log.error("site %s: training failed:\n%s", name, traceback.format_exc())
+            if secure:
+                raise MMFedError(f"site {name}: {type(exc).__name__}: {exc}") from exc
             return [], 0, {"site": name, "error": f"{type(exc).__name__}: {exc}"}
 
     def evaluate(self, parameters, config):

@@ -55,6 +55,10 @@ class FederationConfig:
     delta: float = 1e-5  # δ for sites without a policy of their own (a site.toml's δ wins)
     state_dir: str = ""  # simulation: each site's privacy state lives in STATE_DIR/<site>
     grad_sample_mode: str = "ew"  # Opacus per-sample gradients: ew (fastest here), hooks, functorch
+    # secure aggregation (Flower SecAgg+): the server only ever sees the sum of the sites' updates
+    secure_aggregation: bool = False
+    secagg_max_examples: int = 10000  # largest training set a site may weight its update by (max_weight)
+    secagg_clipping_range: float = 1.0  # |update value| x examples / secagg-max-examples must fit in this
 
     def validate(self) -> None:
         from mmfed.data.scenarios import SCENARIOS
@@ -94,6 +98,10 @@ class FederationConfig:
             raise ConfigError("delta", f"must be in (0, 1), e.g. 1e-5; got {self.delta}")
         if self.grad_sample_mode not in ("ew", "hooks", "functorch"):
             raise ConfigError("grad-sample-mode", f"{self.grad_sample_mode!r}: use ew, hooks or functorch")
+        if self.secagg_max_examples < 1 or not self.secagg_clipping_range > 0:
+            raise ConfigError(
+                "secagg-max-examples", "secagg-max-examples and secagg-clipping-range must be > 0"
+            )
         kind = self.partition.split(":", 1)[0]
         if kind not in ("natural", "iid", "dirichlet"):
             raise ConfigError("partition", f"{self.partition!r}: use natural, iid or dirichlet:ALPHA")

@@ -19,6 +19,7 @@ from mmfed.config import config_hash, to_jsonable
 from mmfed.data.dataset import Collate, MultimodalDataset, Processors
 from mmfed.data.manifest import load_manifest
 from mmfed.errors import MMFedError
+from mmfed.federation import secure
 from mmfed.federation.config import FederationConfig
 from mmfed.federation.params import get_weights, set_weights
 from mmfed.federation.plots import write_plots
@@ -114,7 +115,8 @@ def run_server(
         context = LegacyContext(
             context=context, config=ServerConfig(num_rounds=cfg.rounds - done), strategy=strategy
         )
-        DefaultWorkflow()(grid, context)
+        fit_workflow = secure.workflow(cfg) if cfg.secure_aggregation else None
+        DefaultWorkflow(fit_workflow=fit_workflow)(grid, context)
     summary = summarize(run_dir, cfg, strategy)
     write_plots(run_dir.metrics(), run_dir.path, title=f"{cfg.scenario}, {cfg.sites} sites")
     if strategy.stopped:

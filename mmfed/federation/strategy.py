@@ -9,6 +9,7 @@ logged reason naming the site, and the round goes on with the rest. Fewer usable
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +27,12 @@ from mmfed.federation.rundir import RunDir
 log = logging.getLogger("mmfed.federation")
 
 ServerEval = Callable[[list[np.ndarray]], dict[str, float]]
+
+
+def _failure_site(reason: str) -> str:
+    """Our site-side messages start 'site NAME:'; under SecAgg+ that is all that names a failed site."""
+    found = re.search(r"site (\S+?):", reason)
+    return found.group(1) if found else "unknown"
 
 
 def _failure_reason(failure: Any) -> str:
@@ -93,6 +100,10 @@ class MMFedAvg(FedAvg):
         rnd = self._round(server_round)
         rows: list[dict[str, Any]] = []
         accepted: list[tuple[list[np.ndarray], int]] = []
+        if self.stopped:  # a halted SecAgg+ round after the stop reports here too: nothing more to say
+            return None, {}
+        if self.cfg.secure_aggregation:
+            return self._aggregate_secure(rnd, results, failures)
         # sorted by site: the float sum (and so a resumed run) does not depend on arrival order
         for proxy, res in sorted(results, key=lambda r: str(r[1].metrics.get("site", r[0].cid))):
             site = str(res.metrics.get("site", f"node-{proxy.cid}"))
@@ -115,29 +126,72 @@ class MMFedAvg(FedAvg):
                 continue
             accepted.append((update, res.num_examples))
             metrics = {k: v for k, v in res.metrics.items() if k != "site"}
-            if "epsilon_prv" in metrics:
-                self.site_epsilon[site] = {
-                    k: float(metrics[k]) for k in ("epsilon_prv", "epsilon_rdp", "delta") if k in metrics
-                }
+            self._note_epsilon(site, metrics)
             rows.append({**base, "status": "accepted", "update_norm": verdict.norm, **metrics})
-        for failure in failures:
-            reason = _failure_reason(failure)
-            log.warning("round %d: a site failed: %s", rnd, reason)
+        rows += self._failure_rows(rnd, failures)
+        mean = weighted_mean(accepted) if len(accepted) >= self.cfg.min_sites else None
+        return self._finish(rnd, rows, len(accepted), mean)
+
+    def _aggregate_secure(self, rnd: int, results, failures) -> tuple[Parameters | None, dict[str, Any]]:
+        """SecAgg+: every result carries the same thing, the example-weighted mean of the surviving sites'
+        updates; no individual update ever reaches this point. Per-site metrics still do."""
+        rows: list[dict[str, Any]] = []
+        for proxy, res in sorted(results, key=lambda r: str(r[1].metrics.get("site", r[0].cid))):
+            site = str(res.metrics.get("site", f"node-{proxy.cid}"))
+            metrics = {k: v for k, v in res.metrics.items() if k != "site"}
+            rows.append({"round": rnd, "site": site, "kind": "fit", "examples": res.num_examples,
+                         "status": "accepted", "secure": True, **metrics})  # fmt: skip
+            self._note_epsilon(site, metrics)
+        rows += self._failure_rows(rnd, failures)
+        mean = parameters_to_ndarrays(results[0][1].parameters) if results else None
+        if mean is not None:
+            verdict = check_update(mean, self.weights, self.cfg.max_update_norm)
+            if not verdict.ok:
+                log.warning("round %d: the secure aggregate was rejected: %s", rnd, verdict.reason)
+                for row in rows:
+                    if row["status"] == "accepted":
+                        row.update(status="rejected", reason=f"secure aggregate: {verdict.reason}")
+                mean = None
+        accepted = sum(r["status"] == "accepted" for r in rows)
+        return self._finish(rnd, rows, accepted, mean if accepted >= self.cfg.min_sites else None)
+
+    def _failure_rows(self, rnd: int, failures: list[Any]) -> list[dict[str, Any]]:
+        rows = []
+        for reason in dict.fromkeys(_failure_reason(f) for f in failures):  # SecAgg+ may repeat one
+            status = "refused" if "Refusal" in reason else "failed"
+            log.warning("round %d: a site %s: %s", rnd, status, reason)
             rows.append(
-                {"round": rnd, "site": "unknown", "kind": "fit", "status": "failed", "reason": reason}
+                {
+                    "round": rnd,
+                    "site": _failure_site(reason),
+                    "kind": "fit",
+                    "status": status,
+                    "reason": reason,
+                }
             )
+        return rows
+
+    def _note_epsilon(self, site: str, metrics: dict[str, Any]) -> None:
+        if "epsilon_prv" in metrics:
+            self.site_epsilon[site] = {
+                k: float(metrics[k]) for k in ("epsilon_prv", "epsilon_rdp", "delta") if k in metrics
+            }
+
+    def _finish(
+        self, rnd: int, rows: list[dict[str, Any]], accepted: int, mean: list[np.ndarray] | None
+    ) -> tuple[Parameters | None, dict[str, Any]]:
         self.run_dir.log(rows)
         self._fit_summary = {
-            "sites_accepted": len(accepted),
+            "sites_accepted": accepted,
             "sites_rejected": sum(r["status"] == "rejected" for r in rows),
             "sites_failed": sum(r["status"] == "failed" for r in rows),
             "sites_refused": sum(r["status"] == "refused" for r in rows),
             "train_seconds_sum": sum(float(r.get("train_seconds", 0.0)) for r in rows),
         }
-        if len(accepted) < self.cfg.min_sites:
+        if mean is None or accepted < self.cfg.min_sites:
             summary = self._fit_summary
             self.stopped = (
-                f"round {rnd}: only {len(accepted)} usable site update(s), "
+                f"round {rnd}: only {accepted} usable site update(s), "
                 f"fewer than min-sites={self.cfg.min_sites}"
                 f" ({summary['sites_rejected']} rejected, {summary['sites_failed']} failed, "
                 f"{summary['sites_refused']} refused by their privacy policy; "
@@ -145,16 +199,14 @@ class MMFedAvg(FedAvg):
             )
             log.error(self.stopped)
             return None, {}
-        mean = weighted_mean(accepted)
         self.weights = [
             (w + d).astype(np.float32) if np.issubdtype(w.dtype, np.floating) else w
             for w, d in zip(self.weights, mean, strict=True)
         ]
+        done = [r for r in rows if r["status"] == "accepted"]
         fit_metrics = {
-            "train_loss": _weighted([(r["examples"], r["loss"]) for r in rows if r["status"] == "accepted"]),
-            "train_accuracy": _weighted(
-                [(r["examples"], r["accuracy"]) for r in rows if r["status"] == "accepted"]
-            ),
+            "train_loss": _weighted([(r["examples"], r["loss"]) for r in done]),
+            "train_accuracy": _weighted([(r["examples"], r["accuracy"]) for r in done]),
         }
         self._fit_summary.update(fit_metrics)
         self.run_dir.save_round(
