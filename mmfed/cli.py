@@ -210,6 +210,15 @@ def simulate(
     grad_sample_mode: Annotated[
         str | None, typer.Option(help="DP: ew (fastest here), hooks, functorch")
     ] = None,
+    secure_aggregation: Annotated[
+        bool | None, typer.Option(help="SecAgg+: the server only ever sees the sum of the updates")
+    ] = None,
+    secagg_max_examples: Annotated[
+        int | None, typer.Option(help="SecAgg+: largest training set a site may weight by [10000]")
+    ] = None,
+    secagg_clipping_range: Annotated[
+        float | None, typer.Option(help="SecAgg+: range of update x examples / max-examples [1.0]")
+    ] = None,
     cpus_per_site: Annotated[float, typer.Option(help="CPUs Ray reserves per simulated site")] = 1.0,
     gpus_per_site: Annotated[
         float, typer.Option(help="GPU fraction per site, e.g. 0.25 = 4 sites per GPU")
@@ -252,6 +261,9 @@ def simulate(
         "delta": delta,
         "state_dir": state_dir,
         "grad_sample_mode": grad_sample_mode,
+        "secure_aggregation": secure_aggregation,
+        "secagg_max_examples": secagg_max_examples,
+        "secagg_clipping_range": secagg_clipping_range,
     }
     options = {k: str(v) if isinstance(v, Path) else v for k, v in options.items() if v is not None}
     try:
@@ -275,7 +287,10 @@ def simulate(
         _fail(exc)
     console.print(
         f"[bold]{cfg.scenario}[/]: {cfg.sites} sites, {cfg.rounds} rounds, {cfg.fusion} fusion, "
-        f"partition {cfg.partition}; results in {cfg.run_dir}",
+        f"partition {cfg.partition}"
+        + (", SecAgg+" if cfg.secure_aggregation else "")
+        + (", DP" if cfg.private else "")
+        + f"; results in {cfg.run_dir}",
         highlight=False,
     )
     bar = Progress(

@@ -73,17 +73,19 @@ def test_simulate_rejects_bad_settings_before_starting(tmp_path):
 
 
 @pytest.mark.slow
-def test_simulate_with_dp_prints_epsilon_and_its_ledgers_pass_the_audit(tmp_path):
+def test_simulate_with_dp_and_secagg_prints_epsilon_and_its_ledgers_pass_the_audit(tmp_path):
     state = tmp_path / "sites"
     args = [
         "simulate", "--scenario", "synthetic", "--sites", "2", "--rounds", "2", "--modalities", "image",
         "--fusion", "late", "--min-sites", "2", "--cache-dir", str(tmp_path / "cache"),
         "--run-dir", str(tmp_path / "run"), "--target-epsilon", "4", "--max-grad-norm", "1.0",
-        "--state-dir", str(state),
+        "--state-dir", str(state), "--secure-aggregation",
     ]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "ε max" in result.output and "privacy spent per site" in result.output
+    assert (
+        "ε max" in result.output and "privacy spent per site" in result.output and "SecAgg+" in result.output
+    )
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert set(summary["site_epsilon"]) == {"site_00000", "site_00001"}
     assert 3.5 < summary["epsilon_prv_max"] <= 4.0  # the target, spent over the whole planned run
