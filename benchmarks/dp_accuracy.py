@@ -48,8 +48,8 @@ TUNING = (
     "90.3% at rounds 7–8) and 72.0% (frozen, 1e-1). The remaining gap to the non-private run is the "
     "noise, and the domain gap between digits-av (8x8 digits, synthetic voices) and MNIST/FSDD that the "
     "frozen encoders cannot close: without DP the same recipe reaches 95.33%, while the whole model "
-    "trained from random weights without DP reaches 99.33% in 20 rounds (\"Federated accuracy on "
-    "fsdd-mnist\")."
+    'trained from random weights without DP reaches 99.33% in 20 rounds ("Federated accuracy on '
+    'fsdd-mnist").'
 )
 
 

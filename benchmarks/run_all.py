@@ -26,6 +26,7 @@ ORDER = [
     "federation_scale",
     "dp_accuracy",
     "audit_scale",
+    "secagg_overhead",
 ]
 TARGET = REPO / "BENCHMARKS.md"
 
