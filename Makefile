@@ -41,7 +41,7 @@ bench: setup
 	$(BIN)/python benchmarks/run_all.py
 
 lint: setup
-	$(BIN)/ruff check mmfed server client tests benchmarks
+	$(BIN)/ruff check mmfed server client tests benchmarks deploy
 
 clean:
 	rm -rf $(VENV) .flwr .pytest_cache

@@ -464,7 +464,12 @@ def site_init(
         f"  2. give your privacy officer the public key {dir / keys.PUBLIC_KEY}\n"
         f"     (fingerprint {keys.key_id(key.public_key())}); keep {dir / keys.PRIVATE_KEY} private\n"
         f"  3. mmfed site check --dir {dir}   (policy, key, manifest, budget spent so far)\n"
-        f"  4. connect: flower-supernode ... --node-config \"site-dir='{dir.resolve()}'\"",
+        "  4. get from the server operator: the SuperLink address, its CA certificate (ca.crt), and an\n"
+        "     authentication key pair (`mmfed certs node --out keys --name SITE`; send them keys/SITE.pub)\n"
+        "  5. connect (TLS and node authentication; plain text only with an explicit --insecure):\n"
+        f"     flower-supernode --superlink SUPERLINK_HOST:PORT --root-certificates ca.crt \\\n"
+        f"       --auth-supernode-private-key keys/SITE \\\n"
+        f"       --node-config \"site-dir='{dir.resolve()}'\" --host 127.0.0.1 --port 9094",
         highlight=False,
     )
 

@@ -21,6 +21,9 @@ def test_site_init_creates_policy_and_key_and_never_overwrites(tmp_path):
     assert stat.S_IMODE(private.stat().st_mode) == 0o600
     text = " ".join(result.output.split())
     assert "manifest OK" in text and "next:" in text and "ed25519:" in text
+    for option in ("flower-supernode", "--root-certificates ca.crt", "--auth-supernode-private-key"):
+        assert option in text, option
+    assert f"site-dir='{site.resolve()}'" in text
     # a second init keeps the edited policy and the key
     (site / "site.toml").write_text(
         (site / "site.toml").read_text().replace("max_epsilon = 5.0", "max_epsilon = 2.5")
