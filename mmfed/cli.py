@@ -471,6 +471,7 @@ def site_init(
         f"       --auth-supernode-private-key keys/SITE \\\n"
         f"       --node-config \"site-dir='{dir.resolve()}'\" --host 127.0.0.1 --port 9094",
         highlight=False,
+        soft_wrap=True,  # commands to copy: never break a path
     )
 
 
