@@ -27,6 +27,7 @@ ORDER = [
     "dp_accuracy",
     "audit_scale",
     "secagg_overhead",
+    "deployment_overhead",
 ]
 TARGET = REPO / "BENCHMARKS.md"
 
