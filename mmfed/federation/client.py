@@ -1,5 +1,8 @@
 """The site side of a run: a NumPyClient that trains on the site's own data and returns a delta.
 
+This module imports no torch: a SuperNode runs every message in a fresh process, and SecAgg+'s key and
+unmask stages never train, so only fit and evaluate pay for importing the model code.
+
 One ClientApp serves plain and SecAgg+ servers: `secaggplus_mod` expects its config record on every
 train message and fails (KeyError 'secaggplus_configs') against a plain server, so it is only entered
 when the server actually speaks SecAgg+.
@@ -20,7 +23,6 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from mmfed.errors import MMFedError
 from mmfed.federation.config import FederationConfig
 from mmfed.federation.secure import check_range
-from mmfed.federation.site import load_site
 from mmfed.privacy.budget import Refusal
 
 log = logging.getLogger("mmfed.site")
@@ -42,6 +44,8 @@ class SiteClient(NumPyClient):
     def fit(self, parameters, config):
         server_round = int(config.get("server-round", 0))
         name = site_label(self.node_config)
+        from mmfed.federation.site import load_site  # torch: only in the messages that train
+
         secure = self.cfg.secure_aggregation
         try:
             runtime = load_site(self.cfg, self.node_config)
@@ -64,6 +68,8 @@ class SiteClient(NumPyClient):
             return [], 0, {"site": name, "error": f"{type(exc).__name__}: {exc}"}
 
     def evaluate(self, parameters, config):
+        from mmfed.federation.site import load_site
+
         runtime = load_site(self.cfg, self.node_config)
         return runtime.evaluate(parameters)
 
