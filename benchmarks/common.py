@@ -38,3 +38,22 @@ def table(header: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def plot_curves(curves: dict[str, list[float]], path: Path, title: str, ylim: tuple[float, float]) -> None:
+    """Accuracy (0..1) per round, one line per variant, written to `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, accs in curves.items():
+        ax.plot(range(1, len(accs) + 1), [100 * a for a in accs], marker=".", label=name)
+    ax.set(xlabel="round", ylabel="global test accuracy (%)", title=title)
+    ax.set_ylim(*ylim)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, shared_data, table  # noqa: E402
+from common import REPO, plot_curves, shared_data, table  # noqa: E402
 
 from mmfed.federation.config import FederationConfig  # noqa: E402
 from mmfed.federation.simulation import simulate  # noqa: E402
@@ -117,7 +117,9 @@ def main(rounds: int = 10) -> str:
         print(f"{name}: {summary['global_accuracy']:.2%}, ε {eps} ({wall:.0f}s)", flush=True)
         if zero_shot is None and pretrained:
             zero_shot = _zero_shot(cfg, initial)
-    _plot(curves, REPO / "benchmarks" / "dp_accuracy.png")
+    plot_curves(
+        curves, REPO / "benchmarks" / "dp_accuracy.png", "fsdd-mnist, 6 sites, DP-SGD per site", (0, 100)
+    )
     return "\n".join(
         [
             "## Accuracy under differential privacy",
@@ -164,24 +166,6 @@ def _zero_shot(cfg: FederationConfig, initial: Path) -> float:
     data = MultimodalDataset(test, Processors(scenario.spec, model_cfg.modalities))
     loader = DataLoader(data, batch_size=256, collate_fn=Collate(scenario.spec, model_cfg.modalities))
     return evaluate(model, loader, torch.device("cpu")).accuracy
-
-
-def _plot(curves: dict[str, list[float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, accs in curves.items():
-        ax.plot(range(1, len(accs) + 1), [100 * a for a in accs], marker=".", label=name)
-    ax.set(xlabel="round", ylabel="global test accuracy (%)", title="fsdd-mnist, 6 sites, DP-SGD per site")
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, shared_data, table  # noqa: E402
+from common import REPO, plot_curves, shared_data, table  # noqa: E402
 
 from mmfed.federation.config import FederationConfig  # noqa: E402
 from mmfed.federation.simulation import simulate  # noqa: E402
@@ -66,7 +66,12 @@ def main(rounds: int = 20) -> str:
         )
         overheads += [(g["seconds"], g["train_seconds_sum"]) for g in glob[1:]]  # round 1 includes start-up
         print(f"{name}: {summary['global_accuracy']:.2%} ({wall:.0f}s)", flush=True)
-    _plot(curves, REPO / "benchmarks" / "federation_accuracy.png")
+    plot_curves(
+        curves,
+        REPO / "benchmarks" / "federation_accuracy.png",
+        "fsdd-mnist, 6 sites, FedAvg, no DP",
+        (50, 100),
+    )
     workers = os.cpu_count() or 1
     wall_sum = sum(w for w, _ in overheads)
     train_sum = sum(t for _, t in overheads)
@@ -103,24 +108,6 @@ def main(rounds: int = 20) -> str:
             "round 1 (start-up) is left out.",
         ]
     )
-
-
-def _plot(curves: dict[str, list[float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, accs in curves.items():
-        ax.plot(range(1, len(accs) + 1), [100 * a for a in accs], marker=".", label=name)
-    ax.set(xlabel="round", ylabel="global test accuracy (%)", title="fsdd-mnist, 6 sites, FedAvg, no DP")
-    ax.set_ylim(50, 100)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

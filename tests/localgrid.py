@@ -79,3 +79,16 @@ class LocalGrid(Grid):
 
 def server_context() -> Context:
     return Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
+
+
+def run_federation(cfg, nodes: int | None = None, node_configs: list[dict] | None = None) -> dict:
+    """The real ServerApp and ClientApp of `cfg` on a LocalGrid; returns the run summary."""
+    from mmfed.federation.apps import make_client_app, make_server_app
+
+    result: dict = {}
+    grid = LocalGrid(make_client_app(cfg), nodes or len(node_configs or []) or cfg.sites, node_configs)
+    try:
+        make_server_app(cfg, result=result)(grid, server_context())
+    finally:
+        grid.close()
+    return result

@@ -4,10 +4,9 @@ a site's policy is enforced by the site, and the server reports what the sites s
 import json
 
 import pytest
-from localgrid import LocalGrid, server_context
+from localgrid import run_federation as run
 
 from mmfed.audit.check import audit_ledger
-from mmfed.federation.apps import make_client_app, make_server_app
 from mmfed.federation.config import FederationConfig
 from mmfed.federation.site import federation_scenario, site_samples
 from mmfed.privacy import accounting
@@ -32,16 +31,6 @@ def cfg(tmp_path):
         run_dir=str(tmp_path / "run1"),
         state_dir=str(tmp_path / "state"),
     )
-
-
-def run(cfg: FederationConfig) -> dict:
-    result: dict = {}
-    grid = LocalGrid(make_client_app(cfg), cfg.sites)
-    try:
-        make_server_app(cfg, result=result)(grid, server_context())
-    finally:
-        grid.close()
-    return result
 
 
 def ledger_entries(cfg, site):
@@ -156,12 +145,7 @@ def test_deployed_sites_keep_budget_and_ledger_in_their_own_directory(cfg, tmp_p
         (site / "site.toml").write_text(SitePolicy(max_epsilon=50.0, max_sample_rate=1.0).template())
         keys.create_key(site)
     assert scenario.labels
-    result: dict = {}
-    grid = LocalGrid(make_client_app(cfg), 3, node_configs=[{"site-dir": str(s)} for s in sites])
-    try:
-        make_server_app(cfg.replace(rounds=1), result=result)(grid, server_context())
-    finally:
-        grid.close()
+    run(cfg.replace(rounds=1), node_configs=[{"site-dir": str(s)} for s in sites])
     rows = [json.loads(x) for x in open(f"{cfg.run_dir}/metrics.jsonl").read().splitlines()]
     fits = {r["site"]: r for r in rows if r["kind"] == "fit"}
     assert fits[sites[0].name]["status"] == fits[sites[1].name]["status"] == "accepted"

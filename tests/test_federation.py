@@ -4,12 +4,11 @@ import json
 
 import numpy as np
 import pytest
-from localgrid import LocalGrid, server_context
+from localgrid import run_federation as run
 from safetensors.numpy import load_file
 
 import mmfed.federation.site as site_mod
 from mmfed.errors import ConfigError, MMFedError
-from mmfed.federation.apps import make_client_app, make_server_app
 from mmfed.federation.config import FederationConfig
 from mmfed.federation.params import check_update
 
@@ -29,16 +28,6 @@ def cfg(tmp_path_factory):
         min_sites=2,
         site_wait_s=2,
     )
-
-
-def run(cfg: FederationConfig, nodes: int | None = None) -> dict:
-    result: dict = {}
-    grid = LocalGrid(make_client_app(cfg), nodes or cfg.sites)
-    try:
-        make_server_app(cfg, result=result)(grid, server_context())
-    finally:
-        grid.close()
-    return result
 
 
 def rows(cfg, **match):

@@ -5,13 +5,12 @@ import json
 
 import numpy as np
 import pytest
-from localgrid import LocalGrid, server_context
+from localgrid import run_federation as run
 from safetensors.numpy import load_file
 
 import mmfed.federation.site as site_mod
 import mmfed.federation.strategy as strategy_mod
 from mmfed.errors import MMFedError
-from mmfed.federation.apps import make_client_app, make_server_app
 from mmfed.federation.config import FederationConfig
 from mmfed.federation.secure import shares
 
@@ -32,16 +31,6 @@ def cfg(tmp_path):
         run_dir=str(tmp_path / "run"),
         state_dir=str(tmp_path / "state"),
     )
-
-
-def run(cfg: FederationConfig) -> dict:
-    result: dict = {}
-    grid = LocalGrid(make_client_app(cfg), cfg.sites)
-    try:
-        make_server_app(cfg, result=result)(grid, server_context())
-    finally:
-        grid.close()
-    return result
 
 
 def spy_sites(monkeypatch, fail: set[str] = frozenset()):

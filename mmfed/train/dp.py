@@ -9,14 +9,12 @@ from __future__ import annotations
 import warnings
 
 import torch
-import torch.nn.functional as F
 from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from mmfed.models import forward_batch
 from mmfed.privacy.accounting import History
-from mmfed.train.loop import Metrics, _Tally, batch_to, is_empty
+from mmfed.train.loop import Metrics, _Tally, batch_to, is_empty, train_step
 
 # measured on the default model (BENCHMARKS.md, "DP step cost"): the fastest mode that is exact there
 DEFAULT_GRAD_SAMPLE_MODE = "ew"
@@ -79,14 +77,7 @@ def train_private(
                         p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
                     private_opt.step()
                     continue
-                batch = batch_to(batch, device)
-                logits = forward_batch(private_model, batch)
-                loss = F.cross_entropy(logits, batch["label"])
-                if not torch.isfinite(loss):
-                    raise FloatingPointError("training loss became NaN/inf; lower the learning rate (--lr)")
-                loss.backward()
-                private_opt.step()
-                tally.add(logits, batch["label"], loss)
+                train_step(private_model, batch_to(batch, device), private_opt, tally)
     finally:
         if hasattr(private_model, "_close"):
             private_model._close()  # hooks mode: take Opacus' hooks off the shared model

@@ -85,16 +85,22 @@ def train_epoch(
             on_batch()
         if is_empty(batch):
             continue
-        batch = batch_to(batch, device)
         optimizer.zero_grad(set_to_none=True)
-        logits = forward_batch(model, batch)
-        loss = F.cross_entropy(logits, batch["label"])
-        if not torch.isfinite(loss):
-            raise FloatingPointError("training loss became NaN/inf; lower the learning rate (--lr)")
-        loss.backward()
-        optimizer.step()
-        tally.add(logits, batch["label"], loss)
+        train_step(model, batch_to(batch, device), optimizer, tally)
     return tally.result()
+
+
+def train_step(
+    model: nn.Module, batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, tally
+) -> None:
+    """Forward, cross-entropy, backward, step (gradients already zeroed); counts the batch in `tally`."""
+    logits = forward_batch(model, batch)
+    loss = F.cross_entropy(logits, batch["label"])
+    if not torch.isfinite(loss):
+        raise FloatingPointError("training loss became NaN/inf; lower the learning rate (--lr)")
+    loss.backward()
+    optimizer.step()
+    tally.add(logits, batch["label"], loss)
 
 
 @torch.no_grad()
