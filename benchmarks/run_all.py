@@ -28,6 +28,9 @@ ORDER = [
     "audit_scale",
     "secagg_overhead",
     "deployment_overhead",
+    "missing_modality",
+    "covid_cxr",
+    "minilm_dp",
 ]
 TARGET = REPO / "BENCHMARKS.md"
 

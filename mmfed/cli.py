@@ -219,6 +219,21 @@ def simulate(
     secagg_clipping_range: Annotated[
         float | None, typer.Option(help="SecAgg+: range of update x examples / max-examples [1.0]")
     ] = None,
+    missing_modality_rate: Annotated[
+        float | None, typer.Option(help="share of sites that lack one modality entirely [0]")
+    ] = None,
+    text_encoder: Annotated[
+        str | None, typer.Option(help="bert-small (from scratch) or minilm (pretrained all-MiniLM-L6-v2)")
+    ] = None,
+    freeze_text: Annotated[
+        bool | None, typer.Option(help="minilm: freeze all of it (default: its last layer trains)")
+    ] = None,
+    deidentify: Annotated[
+        bool | None, typer.Option(help="scrub identifiers from text before tokenising [on]")
+    ] = None,
+    mask_diagnosis: Annotated[
+        bool | None, typer.Option(help="label-leak guard: mask diagnosis terms in text [off]")
+    ] = None,
     cpus_per_site: Annotated[float, typer.Option(help="CPUs Ray reserves per simulated site")] = 1.0,
     gpus_per_site: Annotated[
         float, typer.Option(help="GPU fraction per site, e.g. 0.25 = 4 sites per GPU")
@@ -264,6 +279,11 @@ def simulate(
         "secure_aggregation": secure_aggregation,
         "secagg_max_examples": secagg_max_examples,
         "secagg_clipping_range": secagg_clipping_range,
+        "missing_modality_rate": missing_modality_rate,
+        "text_encoder": text_encoder,
+        "freeze_text": freeze_text,
+        "deidentify": deidentify,
+        "mask_diagnosis": mask_diagnosis,
     }
     options = {k: str(v) if isinstance(v, Path) else v for k, v in options.items() if v is not None}
     try:
@@ -272,8 +292,19 @@ def simulate(
             if config
             else FederationConfig.from_mapping(options)
         )
-        if cfg.scenario == "fsdd-mnist" and cfg.partition == "natural" and cfg.sites != 6:
-            raise MMFedError("fsdd-mnist has 6 speaker sites: use --sites 6, or --partition iid|dirichlet:A")
+        from mmfed.data.scenarios import FIXED_SITE_SCENARIOS
+
+        if cfg.partition == "natural" and cfg.scenario in FIXED_SITE_SCENARIOS:
+            from mmfed.federation.site import federation_scenario
+
+            natural = len(federation_scenario(cfg).sites)  # also builds it once, before any worker starts
+            if sites is None:  # the data decides how many sites there are
+                cfg = cfg.replace(sites=natural, min_sites=min(cfg.min_sites, natural))
+            elif sites != natural:
+                raise MMFedError(
+                    f"{cfg.scenario} has {natural} natural sites: use --sites {natural}, "
+                    "or --partition iid|dirichlet:A"
+                )
         target = run_dir or (Path(cfg.run_dir) if cfg.run_dir else None)
         target = target or Path("runs") / f"fed-{cfg.scenario}-{time.strftime('%Y%m%d-%H%M%S')}"
         # absolute paths: Ray's worker processes need not share this working directory

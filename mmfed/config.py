@@ -13,7 +13,7 @@ from typing import Any
 
 from mmfed.errors import ConfigError
 
-MODALITIES: tuple[str, ...] = ("image", "audio", "text", "video")
+MODALITIES: tuple[str, ...] = ("image", "audio", "text", "video", "tabular")
 FUSIONS: tuple[str, ...] = ("early", "late", "attention")
 IMAGE_ENCODERS: tuple[str, ...] = ("cnn", "resnet18")
 TEXT_ENCODERS: tuple[str, ...] = ("bert-small", "minilm")
@@ -94,6 +94,8 @@ class ImageSpec:
 @dataclass(frozen=True)
 class TextSpec:
     max_length: int = 32
+    deidentify: bool = True  # scrub identifiers before tokenising (mmfed.data.deid)
+    mask_diagnosis: bool = False  # label-leak guard: mask diagnosis terms too
 
     def validate(self) -> None:
         if self.max_length < 2:
@@ -116,6 +118,32 @@ class VideoSpec:
 
 
 @dataclass(frozen=True)
+class TabularSpec:
+    """Inline `name=value;name=value` cells (e.g. `age=54;sex=M`) -> a fixed-length vector: each numeric
+    feature gives (value / scale, known flag), each categorical one a one-hot over its values (all zero
+    when missing). Names not listed here are ignored."""
+
+    numeric: tuple[tuple[str, float], ...] = (("age", 100.0),)
+    categorical: tuple[tuple[str, tuple[str, ...]], ...] = (("sex", ("M", "F")),)
+
+    @property
+    def width(self) -> int:
+        return 2 * len(self.numeric) + sum(len(values) for _, values in self.categorical)
+
+    def validate(self) -> None:
+        names = [n for n, _ in self.numeric] + [n for n, _ in self.categorical]
+        if not names:
+            raise ConfigError("tabular", "name at least one numeric or categorical feature")
+        if len(set(names)) != len(names):
+            raise ConfigError("tabular", f"feature names repeat: {names}")
+        for name, scale in self.numeric:
+            _check_positive(f"tabular.numeric.{name}", scale)
+        for name, values in self.categorical:
+            if not values:
+                raise ConfigError(f"tabular.categorical.{name}", "list at least one value")
+
+
+@dataclass(frozen=True)
 class DataSpec:
     """How every modality is turned into tensors; shared by all sites so their tensors line up."""
 
@@ -123,9 +151,10 @@ class DataSpec:
     image: ImageSpec = field(default_factory=ImageSpec)
     text: TextSpec = field(default_factory=TextSpec)
     video: VideoSpec = field(default_factory=VideoSpec)
+    tabular: TabularSpec = field(default_factory=TabularSpec)
 
     def validate(self) -> None:
-        for spec in (self.audio, self.image, self.text, self.video):
+        for spec in (self.audio, self.image, self.text, self.video, self.tabular):
             spec.validate()
 
 
@@ -145,6 +174,7 @@ class ModelConfig:
     audio_features: int = 40
     video_channels: int = 3
     text_vocab_size: int = 30522
+    tabular_features: int = 4
 
     def validate(self) -> None:
         parse_modalities(self.modalities)
@@ -174,6 +204,7 @@ class ModelConfig:
         kwargs.setdefault("image_channels", data.image.channels)
         kwargs.setdefault("audio_features", data.audio.n_features)
         kwargs.setdefault("video_channels", data.video.channels)
+        kwargs.setdefault("tabular_features", data.tabular.width)
         return cls(**kwargs)
 
 

@@ -19,7 +19,9 @@ SUBSETS = [
     ("audio",),
     ("text",),
     ("video",),
+    ("tabular",),
     ("image", "audio"),
+    ("image", "text", "tabular"),
     ("image", "audio", "text", "video"),
 ]
 NUM_CLASSES = 5
@@ -49,6 +51,8 @@ def make_batch(
             out["audio"] = torch.randn(batch, 1, 40, audio_frames, generator=g) * keep.view(-1, 1, 1, 1)
         elif m == "video":
             out["video"] = torch.randn(batch, 3, frames, size, size, generator=g) * keep.view(-1, 1, 1, 1, 1)
+        elif m == "tabular":
+            out["tabular"] = torch.randn(batch, 4, generator=g) * keep.view(-1, 1)
         elif m == "text":
             length = 12
             ids = torch.randint(1000, 30000, (batch, length), generator=g)

@@ -2,7 +2,7 @@
 
 A batch is a dict: `presence` [B, M] (bool, M = the run's modalities in canonical order), `label` [B],
 and per modality present in the run `image` [B,C,H,W], `audio` [B,1,F,T], `text_ids`/`text_mask` [B,L],
-`video` [B,C,T,H,W]. A sample that lacks a modality gets zeros there and False in `presence`.
+`video` [B,C,T,H,W], `tabular` [B,F]. A sample that lacks a modality gets zeros there and False in `presence`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from mmfed.config import DataSpec, parse_modalities
 from mmfed.data.manifest import Sample
+from mmfed.errors import DataError
 
 
 class Processors:
@@ -25,7 +26,7 @@ class Processors:
         spec.validate()
         self.spec = spec
         self.modalities = parse_modalities(modalities)
-        self.image = self.audio = self.text = self.video = None
+        self.image = self.audio = self.text = self.video = self.tabular = None
         if "image" in self.modalities:
             from mmfed.data.image import ImageProcessor
 
@@ -42,6 +43,10 @@ class Processors:
             from mmfed.data.video import VideoProcessor
 
             self.video = VideoProcessor(spec.video, cache_dir)
+        if "tabular" in self.modalities:
+            from mmfed.data.tabular import TabularProcessor
+
+            self.tabular = TabularProcessor(spec.tabular)
 
 
 class MultimodalDataset(Dataset):
@@ -58,6 +63,15 @@ class MultimodalDataset(Dataset):
         self.modalities = processors.modalities
         self.samples = [s for s in samples if any(getattr(s, m) is not None for m in self.modalities)]
         self.dropped_no_modality = len(samples) - len(self.samples)
+        if processors.tabular is not None:  # value errors surface now, not in the middle of training
+            bad = [
+                f"sample {s.id!r} (row {s.row}): {problem}"
+                for s in self.samples
+                if s.tabular and (problem := processors.tabular.problem(s.tabular))
+            ]
+            if bad:
+                more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+                raise DataError(f"tabular cells that cannot be encoded: {'; '.join(bad[:5])}{more}")
         self.augment = augment
         # training only: hide one of a sample's modalities with this probability, so the fused model
         # cannot lean on one modality alone (and copes when a site lacks one)
@@ -89,6 +103,8 @@ class MultimodalDataset(Dataset):
             item["text_ids"], item["text_mask"] = p.text(s.text)
         if p.video is not None and "video" in present:
             item["video"] = p.video(s.video)
+        if p.tabular is not None and "tabular" in present:
+            item["tabular"] = p.tabular(s.tabular)
         return item
 
 
@@ -107,6 +123,8 @@ def modality_shapes(
     if "video" in modalities:
         v = spec.video
         shapes["video"] = ((v.channels, v.frames, v.size, v.size), torch.float32)
+    if "tabular" in modalities:
+        shapes["tabular"] = ((spec.tabular.width,), torch.float32)
     return shapes
 
 

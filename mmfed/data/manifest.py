@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmfed.config import MODALITIES
+from mmfed.data.tabular import parse_cell
 from mmfed.errors import ManifestError
 
 MANIFEST_NAME = "manifest.csv"
@@ -52,6 +53,7 @@ class Sample:
     audio: Path | None = None
     text: str | None = None
     video: Path | None = None
+    tabular: str | None = None  # inline name=value;name=value (see mmfed.data.tabular)
     row: int = 0
     extra: dict[str, str] = field(default_factory=dict, compare=False)
 
@@ -226,7 +228,11 @@ def load_manifest(
         elif label_names is not None and cells["label"] not in label_names:
             bad("label", f"unknown label {cells['label']!r}; known labels: {', '.join(label_names)}")
         if not any(cells.get(m) for m in MODALITIES):
-            bad("-", "no modality at all: fill at least one of image, audio, text, video")
+            bad("-", f"no modality at all: fill at least one of {', '.join(MODALITIES)}")
+        if cells.get("tabular"):
+            problem = parse_cell(cells["tabular"])[1]
+            if problem:
+                bad("tabular", problem)
         parsed.append((index, line, cells))
 
     if label_names is None:
@@ -257,6 +263,7 @@ def load_manifest(
                 label=label_index[cells["label"]],
                 split=cells["split"].lower(),
                 text=cells.get("text") or None,
+                tabular=cells.get("tabular") or None,
                 row=index,
                 extra={c: cells.get(c, "") for c in extra_columns},
                 **fields,

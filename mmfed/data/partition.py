@@ -67,31 +67,39 @@ def dirichlet(
     )
 
 
+def missing_modality_plan(
+    num_sites: int, rate: float, modalities: Sequence[str], seed: int = 0
+) -> dict[int, str]:
+    """{site index: modality it lacks} for round(rate * num_sites) sites chosen at random (seeded).
+
+    Depends only on the site count, so every process of a federation derives the same plan without
+    reading the other sites' data."""
+    if not 0 <= rate <= 1:
+        raise ConfigError("missing-modality-rate", f"must be in [0, 1], got {rate}")
+    if len(modalities) < 2 and rate > 0:
+        raise ConfigError("missing-modality-rate", "needs at least two modalities to drop one")
+    rng = np.random.default_rng([seed, 7919])  # its own stream: the plan does not shift other draws
+    chosen = rng.choice(num_sites, size=int(round(rate * num_sites)), replace=False)
+    return {int(site): str(rng.choice(list(modalities))) for site in sorted(chosen.tolist())}
+
+
+def without_modality(samples: Sequence[Sample], modality: str, modalities: Sequence[str]) -> list[Sample]:
+    """The samples with `modality` removed; samples left with none of `modalities` are dropped."""
+    out = [dataclasses.replace(s, **{modality: None}) for s in samples]
+    return [s for s in out if any(getattr(s, m) is not None for m in modalities)]
+
+
 def drop_modality(
     parts: list[list[Sample]], rate: float, modalities: Sequence[str], seed: int = 0
 ) -> tuple[list[list[Sample]], dict[int, str]]:
     """Remove one modality from every sample of round(rate * sites) sites (a hospital without audio).
 
-    Returns the new parts and {site index: modality removed}. A site only loses a modality it has and
-    keeps at least one other, so no site is left without data.
-    """
-    if not 0 <= rate <= 1:
-        raise ConfigError("missing_modality_rate", f"must be in [0, 1], got {rate}")
-    if len(modalities) < 2 and rate > 0:
-        raise ConfigError("missing_modality_rate", "needs at least two modalities to drop one")
-    rng = np.random.default_rng(seed)
-    chosen = rng.choice(len(parts), size=int(round(rate * len(parts))), replace=False)
-    dropped: dict[int, str] = {}
+    Returns the new parts and {site index: modality removed}."""
+    plan = missing_modality_plan(len(parts), rate, modalities, seed)
     out = [list(p) for p in parts]
-    for site in sorted(chosen.tolist()):
-        present = [m for m in modalities if any(getattr(s, m) is not None for s in parts[site])]
-        if len(present) < 2:
-            continue
-        modality = str(rng.choice(present))
-        out[site] = [dataclasses.replace(s, **{modality: None}) for s in parts[site]]
-        out[site] = [s for s in out[site] if any(getattr(s, m) is not None for m in modalities)]
-        dropped[site] = modality
-    return out, dropped
+    for site, modality in plan.items():
+        out[site] = without_modality(parts[site], modality, modalities)
+    return out, plan
 
 
 def partition(samples: Sequence[Sample], how: str, num_sites: int, seed: int = 0) -> list[list[Sample]]:

@@ -42,8 +42,18 @@ class TextProcessor:
     def vocab_size(self) -> int:
         return self.tokenizer.vocab_size
 
+    def clean(self, text: str) -> str:
+        """The text the model sees: identifiers (and, with the leak guard, diagnosis terms) replaced by
+        typed placeholders such as [NAME] and [DATE]."""
+        if not (self.spec.deidentify or self.spec.mask_diagnosis):
+            return text
+        from mmfed.data.deid import scrub
+
+        return scrub(text, deidentify_text=self.spec.deidentify, mask_label_terms=self.spec.mask_diagnosis)
+
     def __call__(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (input ids [max_length], attention mask [max_length]), padded/truncated."""
+        text = self.clean(text)
         enc = self.tokenizer(
             text, padding="max_length", truncation=True, max_length=self.spec.max_length, return_tensors="pt"
         )

@@ -22,6 +22,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 
 from mmfed.errors import MMFedError
 from mmfed.federation.config import FederationConfig
+from mmfed.federation.coverage import encode_update
 from mmfed.federation.secure import check_range
 from mmfed.privacy.budget import Refusal
 
@@ -53,6 +54,8 @@ class SiteClient(NumPyClient):
             update, examples, metrics = runtime.fit(
                 parameters, self.cfg, server_round, run_id=str(config.get("run-id", ""))
             )
+            # each encoder is averaged over the sites that trained it (mmfed.federation.coverage)
+            update = encode_update(update, runtime.parameter_groups(), runtime.group_examples(), examples)
             if secure:
                 check_range(update, examples, self.cfg)
             return update, examples, metrics

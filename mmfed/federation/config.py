@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmfed.config import FUSIONS, ModelConfig, config_hash, parse_modalities, to_jsonable
+from mmfed.config import FUSIONS, TEXT_ENCODERS, ModelConfig, config_hash, parse_modalities, to_jsonable
 from mmfed.errors import ConfigError
 
 DEFAULT_LR = {"adamw": 2e-3, "sgd": 0.05}
@@ -36,6 +36,11 @@ class FederationConfig:
     lr_schedule: str = "cosine"  # cosine: the sites' learning rate decays over the rounds to 10%; or constant
     augment: bool = True
     modality_dropout: float = 0.3  # hide one of a training sample's modalities with this probability
+    missing_modality_rate: float = 0.0  # this share of the sites lacks one modality entirely (seeded)
+    text_encoder: str = "bert-small"  # or minilm: the pretrained all-MiniLM-L6-v2
+    freeze_text: bool = False  # minilm: freeze all of it (else its last layer trains)
+    deidentify: bool = True  # scrub names, dates, ages, contacts, ids, hospitals from text before tokenising
+    mask_diagnosis: bool = False  # label-leak guard: mask diagnosis terms in text (covid-cxr notes name it)
     seed: int = 0
     min_sites: int = 2  # fewer usable updates than this in a round stops the run
     fraction_fit: float = 1.0
@@ -80,6 +85,12 @@ class FederationConfig:
             raise ConfigError("max-update-norm", f"must be > 0, got {self.max_update_norm}")
         if not 0 <= self.modality_dropout < 1:
             raise ConfigError("modality-dropout", f"must be in [0, 1), got {self.modality_dropout}")
+        if not 0 <= self.missing_modality_rate <= 1:
+            raise ConfigError("missing-modality-rate", f"must be in [0, 1], got {self.missing_modality_rate}")
+        if self.text_encoder not in TEXT_ENCODERS:
+            raise ConfigError(
+                "text-encoder", f"{self.text_encoder!r} is not one of {', '.join(TEXT_ENCODERS)}"
+            )
         if self.lr < 0:
             raise ConfigError("lr", f"must be > 0 (or 0 for the optimizer's default), got {self.lr}")
         if self.optimizer not in ("adamw", "sgd"):
@@ -162,7 +173,12 @@ class FederationConfig:
     def model_config(self, scenario) -> ModelConfig:
         mods = scenario.run_modalities(self.modalities)
         return ModelConfig.for_data(
-            scenario.spec, modalities=mods, num_classes=len(scenario.labels), fusion=self.fusion
+            scenario.spec,
+            modalities=mods,
+            num_classes=len(scenario.labels),
+            fusion=self.fusion,
+            text_encoder=self.text_encoder,
+            freeze_text=self.freeze_text,
         )
 
     def identity_hash(self) -> str:

@@ -21,6 +21,7 @@ from mmfed.data.manifest import load_manifest
 from mmfed.errors import MMFedError
 from mmfed.federation import secure
 from mmfed.federation.config import FederationConfig
+from mmfed.federation.coverage import parameter_groups
 from mmfed.federation.params import get_weights, set_weights
 from mmfed.federation.plots import write_plots
 from mmfed.federation.rundir import RunDir
@@ -109,6 +110,8 @@ def run_server(
         server_eval=_server_evaluator(cfg, scenario, model_cfg),
         config_hash=config_hash(model_cfg),
         run_id=run_dir.run_id,
+        groups=parameter_groups(list(model.state_dict()), model_cfg.modalities),
+        modalities=model_cfg.modalities,
     )
     if cfg.rounds > done:
         wait_for_sites(grid, cfg.min_sites, cfg.site_wait_s)

@@ -7,6 +7,7 @@ SuperNode process serves many messages).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import zlib
@@ -22,10 +23,11 @@ from mmfed.config import ModelConfig, config_hash
 from mmfed.data.cache import default_cache_dir
 from mmfed.data.dataset import Collate, MultimodalDataset, Processors
 from mmfed.data.manifest import Sample, load_manifest
-from mmfed.data.partition import partition
+from mmfed.data.partition import missing_modality_plan, partition, without_modality
 from mmfed.data.scenarios import Scenario, from_site_dirs, prepare_scenario
 from mmfed.errors import ConfigError
 from mmfed.federation.config import FederationConfig
+from mmfed.federation.coverage import parameter_groups
 from mmfed.federation.params import delta, get_weights, set_weights
 from mmfed.models import build_model
 from mmfed.privacy.budget import Proposal, SiteBudget
@@ -38,7 +40,7 @@ from mmfed.train.loop import Metrics, evaluate, seed_everything, select_device, 
 def federation_scenario(cfg: FederationConfig) -> Scenario:
     """The scenario every party of a simulated run derives its data and model shape from."""
     cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
-    return prepare_scenario(
+    scenario = prepare_scenario(
         cfg.scenario,
         data_dir=cfg.data_dir or None,
         cache_dir=cache,
@@ -47,6 +49,16 @@ def federation_scenario(cfg: FederationConfig) -> Scenario:
         samples_per_site=cfg.samples_per_site,
         modalities=cfg.modalities or ("image", "audio", "text"),  # synthetic: write only what is used
     )
+    return with_text_settings(scenario, cfg)
+
+
+def with_text_settings(scenario: Scenario, cfg: FederationConfig) -> Scenario:
+    """The run's de-identification and label-leak settings applied to the scenario's text spec."""
+    text = dataclasses.replace(
+        scenario.spec.text, deidentify=cfg.deidentify, mask_diagnosis=cfg.mask_diagnosis
+    )
+    scenario.spec = dataclasses.replace(scenario.spec, text=text)
+    return scenario
 
 
 def site_samples(
@@ -63,10 +75,17 @@ def site_samples(
                 f"{num_partitions} nodes; run {len(scenario.sites)} sites or use --partition iid|dirichlet:A",
             )
         site = scenario.site(partition_id)
-        return site.name, load_manifest(site, labels=scenario.labels).samples
-    pooled = [s for m in scenario.load_sites() for s in m.samples]
-    parts = partition(pooled, cfg.partition, num_partitions, seed=cfg.seed)
-    return f"part{partition_id:04d}", parts[partition_id]
+        name, samples = site.name, load_manifest(site, labels=scenario.labels).samples
+    else:
+        pooled = [s for m in scenario.load_sites() for s in m.samples]
+        parts = partition(pooled, cfg.partition, num_partitions, seed=cfg.seed)
+        name, samples = f"part{partition_id:04d}", parts[partition_id]
+    if cfg.missing_modality_rate:
+        mods = scenario.run_modalities(cfg.modalities)
+        plan = missing_modality_plan(num_partitions, cfg.missing_modality_rate, mods, seed=cfg.seed)
+        if partition_id in plan:
+            samples = without_modality(samples, plan[partition_id], mods)
+    return name, samples
 
 
 @dataclass
@@ -87,8 +106,30 @@ class SiteRuntime:
         # one model object per process and config: every fit/evaluate overwrites all of its weights
         key = (config_hash(self.model_cfg), str(self.device))
         if key not in _MODELS:
-            _MODELS[key] = build_model(self.model_cfg).to(self.device)
-        self.model = _MODELS[key]
+            model = build_model(self.model_cfg).to(self.device)
+            # what the model trains as built (a pretrained MiniLM keeps most of itself frozen)
+            _MODELS[key] = (model, {n for n, p in model.named_parameters() if p.requires_grad})
+        self.model, self._trainable = _MODELS[key]
+
+    def group_examples(self) -> list[int]:
+        """Training examples behind each parameter group: all of them for the shared part, and for each
+        modality's encoder the samples that hold that modality (see mmfed.federation.coverage)."""
+        samples = self.train.samples
+        per_modality = [sum(getattr(s, m) is not None for s in samples) for m in self.model_cfg.modalities]
+        return [len(samples), *per_modality]
+
+    def parameter_groups(self) -> list[int]:
+        return parameter_groups(list(self.model.state_dict()), self.model_cfg.modalities)
+
+    def _set_trainable(self, cfg: FederationConfig) -> None:
+        """The model object is shared between sites, so this is set on every fit: an encoder is frozen when
+        the run freezes encoders or when this site has no data for its modality (under DP it would
+        otherwise receive pure noise, and AdamW's weight decay would move it)."""
+        counts = self.group_examples()[1:]
+        absent = [m for m, n in zip(self.model_cfg.modalities, counts, strict=True) if not n]
+        frozen = ("encoders.",) if cfg.freeze_encoders else tuple(f"encoders.{m}." for m in absent)
+        for name, param in self.model.named_parameters():
+            param.requires_grad = name in self._trainable and not name.startswith(frozen)
 
     def loader(self, dataset: MultimodalDataset, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
         return DataLoader(
@@ -130,8 +171,7 @@ class SiteRuntime:
         seed_everything(seed)
         set_weights(self.model, weights)
         self.model.to(self.device)
-        for name, param in self.model.named_parameters():  # the model object is shared: set every time
-            param.requires_grad = not (cfg.freeze_encoders and name.startswith("encoders."))
+        self._set_trainable(cfg)
         budget = self.budget(cfg)
         if budget is not None:
             return self._fit_private(weights, cfg, server_round, run_id, budget)
@@ -217,7 +257,7 @@ def library_versions() -> dict[str, str]:
     return {name: version(name) for name in ("mmfed", "opacus", "torch", "flwr")}
 
 
-_MODELS: dict[tuple, torch.nn.Module] = {}
+_MODELS: dict[tuple, tuple[torch.nn.Module, set[str]]] = {}
 # a simulation process serves many sites in turn: keep the few most recent, not all of them
 _RUNTIMES: OrderedDict[tuple, SiteRuntime] = OrderedDict()
 MAX_CACHED_SITES = 8
@@ -251,7 +291,7 @@ def load_site(cfg: FederationConfig, node_config: dict[str, Any]) -> SiteRuntime
         _RUNTIMES.move_to_end(key)
         return _RUNTIMES[key]
     if site_dir:
-        scenario = from_site_dirs([site_dir])
+        scenario = with_text_settings(from_site_dirs([site_dir]), cfg)
         name = Path(site_dir).name
         samples = scenario.load_sites()[0].samples
     else:

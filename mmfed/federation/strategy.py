@@ -21,7 +21,8 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
 from mmfed.federation.config import FederationConfig
-from mmfed.federation.params import check_update, weighted_mean
+from mmfed.federation.coverage import decode_mean, group_names, split_site_update
+from mmfed.federation.params import Verdict, check_update, weighted_mean
 from mmfed.federation.rundir import RunDir
 
 log = logging.getLogger("mmfed.federation")
@@ -54,6 +55,8 @@ class MMFedAvg(FedAvg):
         on_round: Callable[[dict[str, Any]], None] | None = None,
         config_hash: str = "",
         run_id: str = "",
+        groups: list[int] | None = None,
+        modalities: tuple[str, ...] = (),
     ):
         super().__init__(
             fraction_fit=cfg.fraction_fit,
@@ -74,11 +77,15 @@ class MMFedAvg(FedAvg):
         self.on_round = on_round or (lambda row: None)
         self.config_hash = config_hash
         self.run_id = run_id
+        # which encoder (or the shared part) each array belongs to: see mmfed.federation.coverage
+        self.groups = groups if groups is not None else [0] * len(initial)
+        self.group_names = group_names(modalities)
         # each site's latest reported cumulative ε (PRV and RDP, at its δ): what it has spent so far
         self.site_epsilon: dict[str, dict[str, float]] = {}
         self.stopped: str | None = None
         self._round_start = time.perf_counter()
         self._fit_summary: dict[str, Any] = {}
+        self._group_examples: dict[str, int] = {}
 
     def _round(self, server_round: int) -> int:
         return self.offset + server_round
@@ -118,19 +125,32 @@ class MMFedAvg(FedAvg):
                 log.warning("round %d: site %s failed: %s", rnd, site, reason)
                 rows.append({**base, "status": "failed", "reason": reason})
                 continue
-            update = parameters_to_ndarrays(res.parameters)
-            verdict = check_update(update, self.weights, self.cfg.max_update_norm)
+            encoded = parameters_to_ndarrays(res.parameters)
+            update, _, problem = split_site_update(encoded, self.groups)
+            verdict = (
+                check_update(update, self.weights, self.cfg.max_update_norm)
+                if update is not None
+                else Verdict(False, problem)
+            )
             if not verdict.ok:
                 log.warning("round %d: update from site %s rejected: %s", rnd, site, verdict.reason)
                 rows.append({**base, "status": "rejected", "reason": verdict.reason})
                 continue
-            accepted.append((update, res.num_examples))
+            accepted.append((encoded, res.num_examples))
             metrics = {k: v for k, v in res.metrics.items() if k != "site"}
             self._note_epsilon(site, metrics)
             rows.append({**base, "status": "accepted", "update_norm": verdict.norm, **metrics})
         rows += self._failure_rows(rnd, failures)
-        mean = weighted_mean(accepted) if len(accepted) >= self.cfg.min_sites else None
+        mean = None
+        if len(accepted) >= self.cfg.min_sites:
+            mean = self._decode(weighted_mean(accepted), sum(n for _, n in accepted))
         return self._finish(rnd, rows, len(accepted), mean)
+
+    def _decode(self, mean: list[np.ndarray], total_examples: int) -> list[np.ndarray]:
+        """Per-encoder means from the mean of the encoded updates; notes each encoder's example total."""
+        delta, counts = decode_mean(mean, self.groups, total_examples)
+        self._group_examples = dict(zip(self.group_names, counts, strict=False))
+        return delta
 
     def _aggregate_secure(self, rnd: int, results, failures) -> tuple[Parameters | None, dict[str, Any]]:
         """SecAgg+: every result carries the same thing, the example-weighted mean of the surviving sites'
@@ -143,7 +163,13 @@ class MMFedAvg(FedAvg):
                          "status": "accepted", "secure": True, **metrics})  # fmt: skip
             self._note_epsilon(site, metrics)
         rows += self._failure_rows(rnd, failures)
-        mean = parameters_to_ndarrays(results[0][1].parameters) if results else None
+        mean = None
+        if results:
+            encoded = parameters_to_ndarrays(results[0][1].parameters)
+            if len(encoded) == len(self.groups) + 1:
+                mean = self._decode(encoded, sum(r.num_examples for _, r in results))
+            else:
+                mean = encoded  # fails the check below, which names the array count
         if mean is not None:
             verdict = check_update(mean, self.weights, self.cfg.max_update_norm)
             if not verdict.ok:
@@ -187,7 +213,10 @@ class MMFedAvg(FedAvg):
             "sites_failed": sum(r["status"] == "failed" for r in rows),
             "sites_refused": sum(r["status"] == "refused" for r in rows),
             "train_seconds_sum": sum(float(r.get("train_seconds", 0.0)) for r in rows),
+            # training examples behind each encoder's average this round (0: the encoder stayed as it was)
+            "examples_per_encoder": self._group_examples,
         }
+        self._group_examples = {}
         if mean is None or accepted < self.cfg.min_sites:
             summary = self._fit_summary
             self.stopped = (

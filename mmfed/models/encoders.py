@@ -184,6 +184,13 @@ def text_minilm(cfg: ModelConfig) -> nn.Module:
     return TextEncoder(bert, cfg.hidden_dim)
 
 
+def tabular_mlp(cfg: ModelConfig) -> nn.Module:
+    """[B, F] encoded tabular features (mmfed.data.tabular) -> two linear layers."""
+    return nn.Sequential(
+        nn.Linear(cfg.tabular_features, cfg.hidden_dim), nn.ReLU(), nn.Linear(cfg.hidden_dim, cfg.hidden_dim)
+    )
+
+
 IMAGE_ENCODERS = {"cnn": image_cnn, "resnet18": image_resnet18}
 TEXT_ENCODERS = {"bert-small": text_bert_small, "minilm": text_minilm}
 
@@ -198,4 +205,6 @@ def build_encoder(modality: str, cfg: ModelConfig) -> nn.Module:
         return TEXT_ENCODERS[cfg.text_encoder](cfg)
     if modality == "video":
         return video_cnn(cfg)
+    if modality == "tabular":
+        return tabular_mlp(cfg)
     raise ConfigError("modalities", f"no encoder for modality {modality!r}")

@@ -17,6 +17,7 @@ INPUT_KEYS: dict[str, tuple[str, ...]] = {
     "audio": ("audio",),
     "text": ("text_ids", "text_mask"),
     "video": ("video",),
+    "tabular": ("tabular",),
 }
 
 
@@ -37,8 +38,16 @@ class MultimodalModel(nn.Module):
         text_ids: torch.Tensor | None = None,
         text_mask: torch.Tensor | None = None,
         video: torch.Tensor | None = None,
+        tabular: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        given = {"image": image, "audio": audio, "text_ids": text_ids, "text_mask": text_mask, "video": video}
+        given = {
+            "image": image,
+            "audio": audio,
+            "text_ids": text_ids,
+            "text_mask": text_mask,
+            "video": video,
+            "tabular": tabular,
+        }
         if presence.dim() != 2 or presence.shape[1] != len(self.modalities):
             raise ValueError(
                 f"presence has shape {tuple(presence.shape)}; expected [batch, {len(self.modalities)}] "

@@ -24,5 +24,7 @@ def data_fingerprint(samples: Sequence[Sample]) -> str:
             "text": s.text,
             **{m: file_digest(getattr(s, m)) for m in ("image", "audio", "video") if getattr(s, m)},
         }
+        if s.tabular:  # only when present, so fingerprints of data without it stay as they were
+            record["tabular"] = s.tabular
         h.update(json.dumps(record, sort_keys=True).encode() + b"\n")
     return "sha256:" + h.hexdigest()

@@ -2,6 +2,8 @@
 
 - `digits-av`  (default, embedded) scikit-learn's handwritten digits + espeak-ng spoken digits, 6 voice sites
 - `fsdd-mnist` (needs --data-dir)  FSDD spoken digits + MNIST images, 6 speaker sites
+- `covid-cxr`  (needs --data-dir) chest X-ray + clinical note, COVID-19 vs other, regional hospital sites
+- `grid-av`    (needs --data-dir) GRID clips: video + audio + transcript, a smoke test of every modality
 - `synthetic`  generated image/audio/text(/video) data, any number of sites and samples
 """
 
@@ -11,12 +13,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmfed.config import DataSpec, parse_modalities
+from mmfed.config import AudioSpec, DataSpec, ImageSpec, TextSpec, VideoSpec, parse_modalities
 from mmfed.data.cache import default_cache_dir
 from mmfed.data.manifest import SiteManifest, load_manifest
 from mmfed.errors import ConfigError
 
-SCENARIOS = ("digits-av", "fsdd-mnist", "synthetic")
+SCENARIOS = ("digits-av", "fsdd-mnist", "covid-cxr", "grid-av", "synthetic")
+# scenarios whose natural sites come from the data (a run's site count must match)
+FIXED_SITE_SCENARIOS = ("fsdd-mnist", "covid-cxr")
+
+
+NEEDS = {
+    "fsdd-mnist": "a folder with fsdd/ and mnist/",
+    "covid-cxr": "a folder in the COVID-19 image data collection layout: metadata.csv + images/",
+    "grid-av": "a folder with transcripts.csv + video/*.mpg GRID clips",
+}
 
 
 @dataclass
@@ -72,19 +83,36 @@ def prepare_scenario(
 
         sites = generate_digits_av(cache / "scenarios" / f"digits-av-s{seed}", seed=seed, num_sites=num_sites)
         return Scenario(name, sites, labels, ("image", "audio"))
-    if name == "fsdd-mnist":
+    if name in ("fsdd-mnist", "covid-cxr", "grid-av"):
         if data_dir is None:
-            raise ConfigError(
-                "data_dir", "fsdd-mnist reads real data: pass --data-dir (a folder with fsdd/ and mnist/)"
-            )
-        from mmfed.data.scenarios.fsdd_mnist import generate_fsdd_mnist
-
+            raise ConfigError("data_dir", f"{name} reads real data: pass --data-dir ({NEEDS[name]})")
         data_dir = Path(data_dir).resolve()
         import hashlib
 
         tag = hashlib.sha256(str(data_dir).encode()).hexdigest()[:8]
-        sites = generate_fsdd_mnist(cache / "scenarios" / f"fsdd-mnist-{tag}-s{seed}", data_dir, seed=seed)
+        root = cache / "scenarios" / f"{name}-{tag}-s{seed}"
+    if name == "fsdd-mnist":
+        from mmfed.data.scenarios.fsdd_mnist import generate_fsdd_mnist
+
+        sites = generate_fsdd_mnist(root, data_dir, seed=seed)
         return Scenario(name, sites, labels, ("image", "audio"))
+    if name == "covid-cxr":
+        from mmfed.data.scenarios.covid_cxr import LABELS, generate_covid_cxr
+
+        sites = generate_covid_cxr(root, data_dir, seed=seed)
+        # grey X-rays at 64 px; notes are long (median ~340 characters), so 128 tokens
+        spec = DataSpec(image=ImageSpec(size=64, channels=1), text=TextSpec(max_length=128))
+        return Scenario(name, sites, LABELS, ("image", "text", "tabular"), spec=spec)
+    if name == "grid-av":
+        from mmfed.data.scenarios.grid_av import LABELS, generate_grid_av
+
+        sites = generate_grid_av(root.with_name(f"{root.name}-n{num_sites}"), data_dir, seed, num_sites)
+        spec = DataSpec(
+            audio=AudioSpec(sample_rate=16000, duration_s=3.0),
+            text=TextSpec(max_length=16),
+            video=VideoSpec(frames=8, size=48, channels=3),
+        )
+        return Scenario(name, sites, LABELS, ("audio", "text", "video"), spec=spec)
     if name == "synthetic":
         from mmfed.data.scenarios.synthetic import synthetic_site, synthetic_site_path
 

@@ -1,0 +1,123 @@
+"""covid-cxr under DP: image-only vs text vs image+text, with and without the label-leak guard, MiniLM
+frozen vs its last layer trained; one non-private reference.
+
+Each variant is a real `mmfed simulate` run (Flower simulation engine, Ray) on the real subset in
+../shared/data/covid_chestxray_subset: 5 regional sites, 133 training and 48 test X-rays in all, so every
+accuracy carries a wide interval (printed). Text is de-identified in every run (the default).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import shared_data, table  # noqa: E402
+
+from mmfed.federation.config import FederationConfig  # noqa: E402
+from mmfed.federation.simulation import simulate  # noqa: E402
+
+EPSILON = 8.0
+ROUNDS = 10
+BATCH = 16
+# (name, modalities, mask diagnosis terms, train MiniLM's last layer, target ε (0: no DP))
+VARIANTS = [
+    ("image only", "image", False, False, EPSILON),
+    ("text only, notes as written", "text", False, False, EPSILON),
+    ("text only, label-leak guard", "text", True, False, EPSILON),
+    ("image+text, notes as written", "image,text", False, False, EPSILON),
+    ("image+text, label-leak guard", "image,text", True, False, EPSILON),
+    ("image+text, label-leak guard, MiniLM last layer trained", "image,text", True, True, EPSILON),
+    ("image+text, label-leak guard, no DP", "image,text", True, False, 0.0),
+]
+
+
+def interval(p: float, n: int) -> str:
+    """95% normal-approximation half-width, in points."""
+    return f"±{196 * math.sqrt(max(p * (1 - p), 1e-12) / n):.0f}"
+
+
+def main() -> str:
+    data = shared_data()
+    if data is None or not (data / "covid_chestxray_subset").is_dir():
+        return "## covid-cxr: hospital X-rays and notes under DP\n\nskipped: ../shared/data not found\n"
+    out = Path(tempfile.mkdtemp(prefix="mmfed-bench-cxr-"))
+    rows = []
+    majority = None
+    for i, (name, mods, guard, last_layer, target) in enumerate(VARIANTS):
+        run = out / f"v{i}"
+        cfg = FederationConfig(
+            scenario="covid-cxr",
+            data_dir=str(data / "covid_chestxray_subset"),
+            sites=5,
+            rounds=ROUNDS,
+            local_epochs=2,
+            batch_size=BATCH,
+            modalities=mods,
+            fusion="attention",
+            text_encoder="minilm",
+            freeze_text=not last_layer,
+            mask_diagnosis=guard,
+            min_sites=3,
+            target_epsilon=target,
+            run_dir=str(run),
+            state_dir=str(run / "sites"),
+        )
+        t0 = time.perf_counter()
+        summary = simulate(cfg, cpus_per_site=1.0)
+        wall = time.perf_counter() - t0
+        metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        glob = [m for m in metrics if m["kind"] == "global"]
+        n = glob[-1]["examples"]
+        acc = summary["global_accuracy"]
+        if majority is None:
+            majority = _majority(cfg)
+        eps = summary.get("epsilon_prv_max")
+        rows.append(
+            [
+                name,
+                f"{acc:.1%} {interval(acc, n)}",
+                f"{max(g['accuracy'] for g in glob):.1%}",
+                f"{eps:.2f}" if eps is not None else "∞",
+                f"{wall:.0f}",
+            ]
+        )
+        print(f"{name}: {acc:.2%} (n={n}), ε {eps} ({wall:.0f}s)", flush=True)
+    return "\n".join(
+        [
+            "## covid-cxr: hospital X-rays and notes under DP",
+            "",
+            f"`python benchmarks/covid_cxr.py` — `mmfed simulate --scenario covid-cxr`, the real subset "
+            "(186 X-rays with notes, 5 listed twice; 5 regional sites: Asia & Middle East, Italy, Spain, "
+            f"United Kingdom, other), COVID-19 vs other findings, {ROUNDS} rounds, 2 local epochs, batch "
+            f"{BATCH}, attention fusion, 64 px grey CNN image encoder from random weights, pretrained "
+            f"MiniLM text encoder (frozen unless noted), notes de-identified, target ε = {EPSILON:g} per "
+            "site (δ = 1e-5, PRV). Accuracy on the 48 test X-rays of all sites (split by patient) with a "
+            f"95% interval; always predicting the majority class scores {majority:.1%}. **Small data**: "
+            "differences under ~15 points are within noise.",
+            "",
+            table(
+                ["federation", f"accuracy, round {ROUNDS}", "best round", "ε PRV (max site)", "seconds"], rows
+            ),
+            "",
+            'Reading it: the notes as written name the diagnosis ("tested positive for COVID-19"), so the '
+            "text rows without the guard measure leakage, not skill; the guarded rows are the honest "
+            "numbers. The X-ray CNN has ~130 private training images and no public pretraining here.",
+        ]
+    )
+
+
+def _majority(cfg: FederationConfig) -> float:
+    from mmfed.federation.site import federation_scenario
+
+    tests = [s.label for m in federation_scenario(cfg).load_sites() for s in m.split("test")]
+    return max(tests.count(label) for label in set(tests)) / len(tests)
+
+
+if __name__ == "__main__":
+    print(main())
