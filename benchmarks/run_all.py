@@ -47,14 +47,16 @@ def main(names: list[str]) -> None:
     unknown = [n for n in names if n not in ORDER]
     if unknown:
         raise SystemExit(f"unknown benchmark(s) {unknown}; choose from {ORDER}")
-    sections = read_sections()
+    done: dict[str, str] = {}
     for name in names or ORDER:
         t0 = time.perf_counter()
         print(f"running {name} ...", flush=True)
         body = importlib.import_module(name).main()
         stamp = f"_Measured {time.strftime('%Y-%m-%d')} in {time.perf_counter() - t0:.0f}s._"
-        sections[name] = f"{body}\n\n{stamp}\n"
+        done[name] = f"{body}\n\n{stamp}\n"
         print(f"  done in {time.perf_counter() - t0:.0f}s", flush=True)
+    # read the file only now: a section another run wrote in the meantime is kept
+    sections = {**read_sections(), **done}
     header = [
         "# Benchmarks",
         "",

@@ -35,10 +35,12 @@ class OnBadRow(StrEnum):
 
 
 ScenarioOpt = Annotated[
-    str, typer.Option(help="digits-av (embedded), fsdd-mnist (needs --data-dir), synthetic")
+    str,
+    typer.Option(help="digits-av (embedded); fsdd-mnist, covid-cxr, grid-av (need --data-dir); synthetic"),
 ]
 DataDirOpt = Annotated[
-    Path | None, typer.Option(help="folder with the real data a scenario reads (fsdd-mnist)")
+    Path | None,
+    typer.Option(help="folder with the real data a scenario reads (fsdd-mnist, covid-cxr, grid-av)"),
 ]
 CacheOpt = Annotated[
     Path | None, typer.Option(help="where scenarios and features are cached [$MMFED_CACHE_DIR]")
@@ -425,6 +427,43 @@ def data_check(
         console.print(f"[yellow]{len(manifest.skipped)} bad row(s) skipped; report: {report}[/]")
     else:
         console.print("[green]no problems found[/]")
+
+
+@data_app.command("deid")
+def data_deid(
+    site_dir: Path,
+    mask_diagnosis: Annotated[
+        bool, typer.Option(help="also apply the label-leak guard (diagnosis terms -> [DIAGNOSIS])")
+    ] = False,
+    show: Annotated[int, typer.Option(help="how many changed notes to print before/after")] = 5,
+) -> None:
+    """Preview what the model will see of a site's text: identifiers found per class, and examples."""
+    from collections import Counter
+
+    from mmfed.data.deid import find_identifiers, scrub
+    from mmfed.data.manifest import load_manifest
+
+    try:
+        manifest = load_manifest(site_dir)
+    except MMFedError as exc:
+        _fail(exc)
+    notes = [s for s in manifest.samples if s.text]
+    found: Counter[str] = Counter()
+    changed = []
+    for sample in notes:
+        found.update(f.kind for f in find_identifiers(sample.text))
+        cleaned = scrub(sample.text, mask_label_terms=mask_diagnosis)
+        if cleaned != sample.text:
+            changed.append((sample, cleaned))
+    console.print(
+        f"{site_dir}: {len(notes)} notes, {len(changed)} changed; identifiers found: "
+        + (", ".join(f"{k} {n}" for k, n in found.most_common()) or "none"),
+        highlight=False,
+    )
+    for sample, cleaned in changed[:show]:
+        console.print(f"\n[bold]{sample.id}[/] (row {sample.row})", highlight=False)
+        console.print(f"  before: {sample.text}", highlight=False, markup=False)
+        console.print(f"  after:  {cleaned}", highlight=False, markup=False)
 
 
 @data_app.command("prepare")

@@ -177,3 +177,60 @@ def test_bad_tabular_cells_are_named_before_training(tmp_path):
     write_manifest(tmp_path, [*rows[:1], {**rows[1], "tabular": "age:40"}])
     with pytest.raises(ManifestError, match=r"row 2 .*column 'tabular'"):
         load_manifest(tmp_path)
+
+
+def test_data_deid_previews_what_the_model_sees(tmp_path):
+    from typer.testing import CliRunner
+
+    from mmfed.cli import app
+    from mmfed.data.manifest import write_manifest
+
+    note = (
+        "Mr. John Smith, 71 years old, seen on 3 March 2020. PCR positive for COVID-19. Bilateral opacities."
+    )
+    rows = [
+        {"id": "a", "label": "covid-19", "split": "train", "text": note},
+        {"id": "b", "label": "other", "split": "train", "text": "Right lower lobe consolidation."},
+    ]
+    write_manifest(tmp_path, rows)
+    result = CliRunner().invoke(app, ["data", "deid", str(tmp_path), "--mask-diagnosis"])
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert "2 notes, 1 changed" in out and "NAME 1" in out and "AGE 1" in out and "DATE 1" in out
+    assert (
+        "after: Mr. [NAME], [AGE], seen on [DATE]. [DIAGNOSIS] for [DIAGNOSIS]. Bilateral opacities." in out
+    )
+
+
+@pytest.mark.slow
+def test_deployed_hospitals_train_with_a_server_that_has_no_data(cxr, tmp_path):
+    """Deployment: each hospital points its SuperNode at its own site directory; the server's run config
+    names the scenario but no data folder, and the model is built from the scenario's description."""
+    from mmfed.privacy import keys
+    from mmfed.privacy.policy import SitePolicy
+
+    hospitals = []
+    for site in cxr.sites[:3]:
+        copy = shutil.copytree(site, tmp_path / "hospitals" / site.name)
+        (copy / "site.toml").write_text(SitePolicy(max_epsilon=8.0, max_sample_rate=1.0).template())
+        keys.create_key(copy)
+        hospitals.append(copy)
+    cfg = FederationConfig(
+        scenario="covid-cxr",  # no data-dir: the server never sees the hospitals' data
+        sites=3,
+        rounds=1,
+        batch_size=16,
+        fusion="late",
+        optimizer="sgd",
+        mask_diagnosis=True,
+        noise_multiplier=1.5,
+        min_sites=3,
+        site_wait_s=2,
+        cache_dir=str(tmp_path / "server-cache"),
+        run_dir=str(tmp_path / "run"),
+    )
+    summary = run_federation(cfg, node_configs=[{"site-dir": str(h)} for h in hospitals])
+    assert summary["rounds_completed"] == 1 and set(summary["site_epsilon"]) == {h.name for h in hospitals}
+    config = json.load(open(tmp_path / "run" / "config.json"))
+    assert config["model"]["modalities"] == ["image", "text", "tabular"] and config["labels"] == LABELS
+    assert not (tmp_path / "server-cache" / "scenarios").exists()  # nothing was built on the server

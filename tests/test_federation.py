@@ -1,6 +1,7 @@
 """The real ServerApp and ClientApp on an in-process grid (tests/localgrid.py): no Ray, seconds."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,8 @@ import mmfed.federation.site as site_mod
 from mmfed.errors import ConfigError, MMFedError
 from mmfed.federation.config import FederationConfig
 from mmfed.federation.params import check_update
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -234,3 +237,9 @@ def test_round_learning_rate_decays_from_lr_to_a_tenth():
     assert cfg.replace(lr_schedule="constant").round_lr(5) == 0.01
     with pytest.raises(ConfigError, match="lr-schedule"):
         FederationConfig(lr_schedule="step").validate()
+
+
+@pytest.mark.parametrize("path", sorted(REPO.glob("simulations/*.toml")), ids=lambda p: p.stem)
+def test_every_scenario_file_is_a_valid_run_config(path):
+    cfg = FederationConfig.from_toml(path)
+    assert cfg.scenario == path.stem or path.stem == "synthetic-scale"

@@ -72,7 +72,7 @@ def test_sites_cover_every_clip_once(built, manifests, transcripts, grid_data):
         assert m.samples[-1].split == "test"  # the last clip dealt
         assert m.extra_columns == ["speaker_clip"]
         n = len(m.samples)
-        assert m.modality_counts() == {"image": 0, "audio": n, "text": n, "video": n}
+        assert m.modality_counts() == {"image": 0, "audio": n, "text": n, "video": n, "tabular": 0}
         for s in m.samples:
             row = transcripts[s.id]
             assert LABELS[s.label] == row["command"]

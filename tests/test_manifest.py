@@ -49,7 +49,7 @@ def test_valid_manifest_with_every_modality_and_quoted_text(site):
     assert m.samples[0].text == "Cough, fever\nfor 3 days"
     assert m.samples[1].split == "test" and m.samples[1].modalities == ("audio",)
     assert m.samples[2].label == 1
-    assert m.modality_counts() == {"image": 1, "audio": 2, "text": 2, "video": 1}
+    assert m.modality_counts() == {"image": 1, "audio": 2, "text": 2, "video": 1, "tabular": 0}
 
 
 def test_excel_bom_and_extra_columns_are_accepted(site):

@@ -116,10 +116,13 @@ def round_change(cfg) -> dict[str, np.ndarray]:
     return {k: after[k].astype(np.float64) - v.numpy().astype(np.float64) for k, v in state.items()}
 
 
-def test_each_encoder_is_averaged_over_the_sites_that_trained_it(cfg, monkeypatch):
+@pytest.mark.parametrize("secure", [False, True], ids=["plain", "secagg"])
+def test_each_encoder_is_averaged_over_the_sites_that_trained_it(cfg, monkeypatch, secure):
     plan(monkeypatch, {1: "audio", 3: "audio"})
     seen = record_fits(monkeypatch)
-    run(cfg.replace(missing_modality_rate=0.5))
+    cfg = cfg.replace(missing_modality_rate=0.5, secure_aggregation=secure)
+    run(cfg)
+    tolerance = 1e-4 if secure else 1e-6  # SecAgg+ quantises
     keys = list(round_change(cfg))
     change = round_change(cfg)
     names = sorted(seen)
@@ -131,14 +134,27 @@ def test_each_encoder_is_averaged_over_the_sites_that_trained_it(cfg, monkeypatc
         column = 3 if key.startswith("encoders.audio.") else 2 if key.startswith("encoders.image.") else 1
         weights = {s: seen[s][column] for s in names}
         expected = sum(weights[s] * seen[s][0][i].astype(np.float64) for s in names) / sum(weights.values())
-        assert np.allclose(change[key], expected, atol=1e-6), key
+        assert np.allclose(change[key], expected, atol=tolerance), key
     # plain FedAvg over all four sites would have halved the audio step: make sure that differs
     audio = next(i for i, k in enumerate(keys) if k.startswith("encoders.audio.") and k.endswith("weight"))
     plain = sum(seen[s][1] * seen[s][0][audio] for s in names) / sum(seen[s][1] for s in names)
-    assert not np.allclose(change[keys[audio]], plain, atol=1e-6)
+    assert not np.allclose(change[keys[audio]], plain, atol=tolerance)
     glob = [json.loads(x) for x in open(f"{cfg.run_dir}/metrics.jsonl") if '"global"' in x][0]
     assert glob["examples_per_encoder"]["audio"] == sum(seen[s][3] for s in names)
     assert glob["examples_per_encoder"]["audio"] < glob["examples_per_encoder"]["image"]
+
+
+def test_plain_fedavg_is_kept_as_an_option_for_comparison(cfg, monkeypatch):
+    plan(monkeypatch, {1: "audio", 3: "audio"})
+    seen = record_fits(monkeypatch)
+    cfg = cfg.replace(missing_modality_rate=0.5, per_encoder_averaging=False)
+    run(cfg)
+    change, names = round_change(cfg), sorted(seen)
+    for i, key in enumerate(change):  # every encoder: example-weighted over all sites, zeros included
+        expected = sum(seen[s][1] * seen[s][0][i].astype(np.float64) for s in names) / sum(
+            seen[s][1] for s in names
+        )
+        assert np.allclose(change[key], expected, atol=1e-6), key
 
 
 @pytest.mark.slow

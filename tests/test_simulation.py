@@ -49,22 +49,14 @@ def test_simulate_cli_runs_a_federation_and_leaves_no_ray_processes(tmp_path):
     assert json.loads((run_dir / "summary.json").read_text())["rounds_completed"] == 3
 
 
-def test_simulate_rejects_bad_settings_before_starting(tmp_path):
-    result = CliRunner().invoke(
-        app,
-        [
-            "simulate",
-            "--scenario",
-            "fsdd-mnist",
-            "--data-dir",
-            str(tmp_path),
-            "--sites",
-            "4",
-            "--run-dir",
-            str(tmp_path / "r"),
-        ],
-    )
-    assert result.exit_code == 2 and "6 speaker sites" in result.output
+def test_simulate_rejects_bad_settings_before_starting(tmp_path, shared_data):
+    def simulate(*args):
+        return CliRunner().invoke(app, ["simulate", *args, "--run-dir", str(tmp_path / "r")])
+
+    result = simulate("--scenario", "fsdd-mnist", "--data-dir", str(tmp_path), "--sites", "6")
+    assert result.exit_code == 2 and "fsdd/recordings: not found" in result.output  # a wrong data folder
+    result = simulate("--scenario", "fsdd-mnist", "--data-dir", str(shared_data), "--sites", "4")
+    assert result.exit_code == 2 and "fsdd-mnist has 6 natural sites: use --sites 6" in result.output
     bad = tmp_path / "bad.toml"
     bad.write_text("[federation]\nscenario = 'digits-av'\nlocal_epocs = 2\n")
     result = CliRunner().invoke(app, ["simulate", "--config", str(bad)])

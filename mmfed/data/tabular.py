@@ -56,6 +56,7 @@ class TabularProcessor:
     def __call__(self, cell: str) -> torch.Tensor:
         """[width] float32: (value / scale, known) per numeric feature, one-hot per categorical one."""
         import torch  # here, not at the top: the manifest reader (parse_cell) must stay torch-free
+
         fields, _ = parse_cell(cell)
         out: list[float] = []
         for name, scale in self.spec.numeric:

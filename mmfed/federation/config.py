@@ -37,6 +37,7 @@ class FederationConfig:
     augment: bool = True
     modality_dropout: float = 0.3  # hide one of a training sample's modalities with this probability
     missing_modality_rate: float = 0.0  # this share of the sites lacks one modality entirely (seeded)
+    per_encoder_averaging: bool = True  # average each encoder over the sites that trained it (else all)
     text_encoder: str = "bert-small"  # or minilm: the pretrained all-MiniLM-L6-v2
     freeze_text: bool = False  # minilm: freeze all of it (else its last layer trains)
     deidentify: bool = True  # scrub names, dates, ages, contacts, ids, hospitals from text before tokenising

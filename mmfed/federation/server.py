@@ -80,7 +80,8 @@ def run_server(
     cfg: FederationConfig,
     on_round: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    scenario = federation_scenario(cfg)
+    # the description only: a deployed server has none of the sites' data (and needs none)
+    scenario = federation_scenario(cfg, build=False)
     model_cfg = cfg.model_config(scenario)
     seed_everything(cfg.seed)
     model = build_model(model_cfg)

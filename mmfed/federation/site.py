@@ -37,8 +37,9 @@ from mmfed.train.dp import make_optimizer, train_private
 from mmfed.train.loop import Metrics, evaluate, seed_everything, select_device, train_epoch
 
 
-def federation_scenario(cfg: FederationConfig) -> Scenario:
-    """The scenario every party of a simulated run derives its data and model shape from."""
+def federation_scenario(cfg: FederationConfig, build: bool = True) -> Scenario:
+    """The scenario every party of a simulated run derives its data and model shape from (build=False:
+    only its description, which is all the server needs)."""
     cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     scenario = prepare_scenario(
         cfg.scenario,
@@ -48,6 +49,7 @@ def federation_scenario(cfg: FederationConfig) -> Scenario:
         num_sites=cfg.sites if cfg.scenario != "fsdd-mnist" else 6,
         samples_per_site=cfg.samples_per_site,
         modalities=cfg.modalities or ("image", "audio", "text"),  # synthetic: write only what is used
+        build=build,
     )
     return with_text_settings(scenario, cfg)
 

@@ -149,6 +149,11 @@ class MMFedAvg(FedAvg):
     def _decode(self, mean: list[np.ndarray], total_examples: int) -> list[np.ndarray]:
         """Per-encoder means from the mean of the encoded updates; notes each encoder's example total."""
         delta, counts = decode_mean(mean, self.groups, total_examples)
+        if not self.cfg.per_encoder_averaging:
+            # plain FedAvg (for comparison): a site without the modality counts with a zero delta; exact
+            # when every site has a modality for all or none of its samples
+            shares = [c / total_examples if total_examples else 0.0 for c in counts]
+            delta = [d * np.float32(shares[g]) for d, g in zip(delta, self.groups, strict=True)]
         self._group_examples = dict(zip(self.group_names, counts, strict=False))
         return delta
 

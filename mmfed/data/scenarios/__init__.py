@@ -74,10 +74,16 @@ def prepare_scenario(
     num_sites: int = 6,
     samples_per_site: int = 50,
     modalities: str | tuple[str, ...] = ("image", "audio", "text"),
+    build: bool = True,
 ) -> Scenario:
-    """Build (once, into the cache) and describe the named scenario."""
+    """Build (once, into the cache) and describe the named scenario.
+
+    With build=False only the description (labels, modalities, DataSpec) and no sites: what a deployed
+    server needs to build the model, without the sites' data."""
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     labels = [str(d) for d in range(10)]
+    if not build:
+        return _describe(name, modalities)
     if name == "digits-av":
         from mmfed.data.scenarios.digits_av import generate_digits_av
 
@@ -97,22 +103,19 @@ def prepare_scenario(
         sites = generate_fsdd_mnist(root, data_dir, seed=seed)
         return Scenario(name, sites, labels, ("image", "audio"))
     if name == "covid-cxr":
-        from mmfed.data.scenarios.covid_cxr import LABELS, generate_covid_cxr
+        from mmfed.data.scenarios.covid_cxr import generate_covid_cxr
 
-        sites = generate_covid_cxr(root, data_dir, seed=seed)
-        # grey X-rays at 64 px; notes are long (median ~340 characters), so 128 tokens
-        spec = DataSpec(image=ImageSpec(size=64, channels=1), text=TextSpec(max_length=128))
-        return Scenario(name, sites, LABELS, ("image", "text", "tabular"), spec=spec)
+        scenario = _describe(name, modalities)
+        scenario.sites = generate_covid_cxr(root, data_dir, seed=seed)
+        return scenario
     if name == "grid-av":
-        from mmfed.data.scenarios.grid_av import LABELS, generate_grid_av
+        from mmfed.data.scenarios.grid_av import generate_grid_av
 
-        sites = generate_grid_av(root.with_name(f"{root.name}-n{num_sites}"), data_dir, seed, num_sites)
-        spec = DataSpec(
-            audio=AudioSpec(sample_rate=16000, duration_s=3.0),
-            text=TextSpec(max_length=16),
-            video=VideoSpec(frames=8, size=48, channels=3),
+        scenario = _describe(name, modalities)
+        scenario.sites = generate_grid_av(
+            root.with_name(f"{root.name}-n{num_sites}"), data_dir, seed, num_sites
         )
-        return Scenario(name, sites, LABELS, ("audio", "text", "video"), spec=spec)
+        return scenario
     if name == "synthetic":
         from mmfed.data.scenarios.synthetic import synthetic_site, synthetic_site_path
 
@@ -124,6 +127,31 @@ def prepare_scenario(
 
         sites = [synthetic_site_path(root, i, samples_per_site, 10, mods, seed) for i in range(num_sites)]
         return Scenario(name, sites, labels, mods, make_site=make)
+    raise ConfigError("scenario", f"{name!r} is not one of {', '.join(SCENARIOS)}")
+
+
+def _describe(name: str, modalities: str | tuple[str, ...]) -> Scenario:
+    """A scenario's labels, modalities and DataSpec, without building or reading any data."""
+    digits = [str(d) for d in range(10)]
+    if name in ("digits-av", "fsdd-mnist"):
+        return Scenario(name, [], digits, ("image", "audio"))
+    if name == "covid-cxr":
+        from mmfed.data.scenarios.covid_cxr import LABELS
+
+        # grey X-rays at 64 px; notes are long (median ~340 characters), so 128 tokens
+        spec = DataSpec(image=ImageSpec(size=64, channels=1), text=TextSpec(max_length=128))
+        return Scenario(name, [], LABELS, ("image", "text", "tabular"), spec=spec)
+    if name == "grid-av":
+        from mmfed.data.scenarios.grid_av import LABELS
+
+        spec = DataSpec(
+            audio=AudioSpec(sample_rate=16000, duration_s=3.0),
+            text=TextSpec(max_length=16),
+            video=VideoSpec(frames=8, size=48, channels=3),
+        )
+        return Scenario(name, [], LABELS, ("audio", "text", "video"), spec=spec)
+    if name == "synthetic":
+        return Scenario(name, [], digits, parse_modalities(modalities))
     raise ConfigError("scenario", f"{name!r} is not one of {', '.join(SCENARIOS)}")
 
 
