@@ -12,7 +12,7 @@ every modality path (video, audio, text) loads and trains on real data, not a be
 Writes under `root` (built once, atomically, under a lock: mmfed.data.scenarios.build):
 
     root/.mmfed-scenario.json        marker: generator version, seed, num_sites, site names
-    root/site_<k>/manifest.csv       id,label,split,image,audio,text,video,speaker_clip
+    root/site_<k>/manifest.csv       id,label,split,image,audio,text,video,tabular,speaker_clip
     root/site_<k>/labels.txt         bin, lay, place, set
     root/site_<k>/video/<code>.mpg   a byte copy of the clip
     root/site_<k>/audio/<code>.wav   its audio track, mixed to mono, 16 kHz, 16-bit PCM
