@@ -34,7 +34,7 @@ def main(rounds: int = 20) -> str:
     if data is None:
         return "## Sites missing a modality\n\nskipped: ../shared/data not found\n"
     out = Path(tempfile.mkdtemp(prefix="mmfed-bench-missing-"))
-    rows, curves, finals = [], {}, {}
+    rows, curves, finals, plain = [], {}, {}, {}
     for rate, per_encoder in VARIANTS:
         run = out / f"rate{rate}-{per_encoder}"
         cfg = FederationConfig(
@@ -63,8 +63,7 @@ def main(rounds: int = 20) -> str:
         lacking = {sites[i]: m for i, m in plan.items()}
         complete = [a for s, a in summary["site_accuracy"].items() if s not in lacking]
         partial = [a for s, a in summary["site_accuracy"].items() if s in lacking]
-        if per_encoder:
-            finals[rate] = summary["global_accuracy"]
+        (finals if per_encoder else plain)[rate] = summary["global_accuracy"]
         rows.append(
             [
                 name,
@@ -81,6 +80,9 @@ def main(rounds: int = 20) -> str:
         curves, REPO / "benchmarks" / "missing_modality.png", "fsdd-mnist, sites missing a modality", (0, 100)
     )
     ours = 100 * (finals[0.0] - finals[0.5]) / finals[0.0]
+    tests = glob[-1]["examples"]
+    half_width = 196 * (finals[0.5] * (1 - finals[0.5]) / tests) ** 0.5
+    versus = ", ".join(f"{100 * (finals[r] - plain[r]):+.1f} points at {r:.0%}" for r in sorted(plain))
     theirs = 100 * (FEDMULTIMODAL[0] - FEDMULTIMODAL[1]) / FEDMULTIMODAL[0]
     return "\n".join(
         [
@@ -116,6 +118,11 @@ def main(rounds: int = 20) -> str:
             "per sample at every client on a 101-class task, here whole sites lose one modality on a "
             "10-class task whose two modalities each carry the label on their own (image-only 93.67%, "
             "audio-only 86.00% federated), so a missing one costs less.",
+            "",
+            f"Per-encoder vs plain FedAvg: {versus} — inside the ±{half_width:.1f}-point 95% interval of "
+            f"{tests} test samples, so no accuracy difference is measurable on this task. What per-encoder "
+            "averaging guarantees is mechanical: an encoder's step is not shrunk toward zero by the sites "
+            "that cannot train it.",
         ]
     )
 
