@@ -11,9 +11,10 @@ from localgrid import run_federation
 from safetensors.numpy import load_file
 
 from mmfed.data.dataset import Processors
+from mmfed.data.manifest import write_manifest
 from mmfed.data.scenarios import prepare_scenario
 from mmfed.data.scenarios.covid_cxr import LABELS, assign_sites, generate_covid_cxr
-from mmfed.errors import DataError
+from mmfed.errors import ConfigError, DataError
 from mmfed.federation.config import FederationConfig
 from mmfed.federation.site import federation_scenario
 
@@ -212,6 +213,10 @@ def test_deployed_hospitals_train_with_a_server_that_has_no_data(cxr, tmp_path):
     hospitals = []
     for site in cxr.sites[:3]:
         copy = shutil.copytree(site, tmp_path / "hospitals" / site.name)
+        if len(hospitals) == 2:  # the third hospital keeps no notes and no age/sex: images only
+            rows = list(csv.DictReader(open(copy / "manifest.csv")))
+            (copy / "manifest.csv").unlink()
+            write_manifest(copy, [{**r, "text": "", "tabular": ""} for r in rows])
         (copy / "site.toml").write_text(SitePolicy(max_epsilon=8.0, max_sample_rate=1.0).template())
         keys.create_key(copy)
         hospitals.append(copy)
@@ -234,3 +239,17 @@ def test_deployed_hospitals_train_with_a_server_that_has_no_data(cxr, tmp_path):
     config = json.load(open(tmp_path / "run" / "config.json"))
     assert config["model"]["modalities"] == ["image", "text", "tabular"] and config["labels"] == LABELS
     assert not (tmp_path / "server-cache" / "scenarios").exists()  # nothing was built on the server
+    rows = [json.loads(x) for x in open(tmp_path / "run" / "metrics.jsonl")]
+    assert all(r["status"] == "accepted" for r in rows if r["kind"] == "fit")
+    (glob,) = [r for r in rows if r["kind"] == "global"]
+    per_encoder = glob["examples_per_encoder"]
+    assert 0 < per_encoder["text"] < per_encoder["image"] == per_encoder["shared"]  # two hospitals had notes
+
+
+def test_a_hospital_with_other_classes_is_refused_by_name(cxr, tmp_path):
+    from mmfed.federation.site import deployed_samples
+
+    site = shutil.copytree(cxr.sites[0], tmp_path / "h")
+    (site / "labels.txt").write_text("pneumonia\nnormal\n")
+    with pytest.raises(ConfigError, match=r"lists \['pneumonia', 'normal'\] but the run \(covid-cxr\)"):
+        deployed_samples(site, cxr)

@@ -24,7 +24,7 @@ from mmfed.data.cache import default_cache_dir
 from mmfed.data.dataset import Collate, MultimodalDataset, Processors
 from mmfed.data.manifest import Sample, load_manifest
 from mmfed.data.partition import missing_modality_plan, partition, without_modality
-from mmfed.data.scenarios import Scenario, from_site_dirs, prepare_scenario
+from mmfed.data.scenarios import Scenario, prepare_scenario
 from mmfed.errors import ConfigError
 from mmfed.federation.config import FederationConfig
 from mmfed.federation.coverage import parameter_groups
@@ -280,6 +280,20 @@ def site_home(cfg: FederationConfig, node_config: dict[str, Any], name: str) -> 
     return root.resolve() / name
 
 
+def deployed_samples(site_dir: Path, scenario: Scenario) -> list[Sample]:
+    """A deployed site's samples, labelled in the run's class order; a site whose labels.txt names other
+    classes is refused with both lists (its model outputs would mean something else)."""
+    from mmfed.data.manifest import LABELS_NAME, read_labels
+
+    if (site_dir / LABELS_NAME).exists() and read_labels(site_dir) != scenario.labels:
+        raise ConfigError(
+            "site-dir",
+            f"{site_dir / LABELS_NAME} lists {read_labels(site_dir)} but the run ({scenario.name}) trains "
+            f"{scenario.labels}; join a run for your classes or fix labels.txt",
+        )
+    return load_manifest(site_dir, labels=scenario.labels).samples
+
+
 def load_site(cfg: FederationConfig, node_config: dict[str, Any]) -> SiteRuntime:
     """The SiteRuntime for this node, built once per process."""
     site_dir = node_config.get("site-dir")
@@ -293,9 +307,11 @@ def load_site(cfg: FederationConfig, node_config: dict[str, Any]) -> SiteRuntime
         _RUNTIMES.move_to_end(key)
         return _RUNTIMES[key]
     if site_dir:
-        scenario = with_text_settings(from_site_dirs([site_dir]), cfg)
+        # the run's labels, modalities and tensor settings, exactly as the server built the model from
+        # them; the site's own manifest supplies the samples (a modality it lacks is simply absent)
+        scenario = federation_scenario(cfg, build=False)
         name = Path(site_dir).name
-        samples = scenario.load_sites()[0].samples
+        samples = deployed_samples(Path(site_dir), scenario)
     else:
         scenario = federation_scenario(cfg)
         name, samples = site_samples(cfg, scenario, key[1], key[2])
