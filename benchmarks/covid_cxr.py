@@ -42,7 +42,7 @@ VARIANTS = [
 
 PROBES = (
     "Recipe probes (in-process grid, same settings, text only, notes as written, ε = 8): AdamW collapsed to "
-    "one class (50.0%) where SGD with momentum reached 72.9% (77.1% without DP); on image+text with the "
+    "one class (50.0%) where SGD with momentum reached 72.9% (AdamW without DP: 77.1%); on image+text with the "
     "guard, late fusion 56.3% vs attention 43.8% — hence SGD and late fusion in every row."
 )
 
