@@ -30,6 +30,19 @@ def interleaved(fns: dict[str, Callable[[], None]], repeats: int, warmup: int = 
     return times
 
 
+def simulate_timed(cfg) -> tuple[dict, float, list[dict]]:
+    """One real `mmfed simulate` run of `cfg` (Ray, 1 CPU per site): (summary, wall seconds, metrics rows)."""
+    import json
+
+    from mmfed.federation.simulation import simulate
+
+    t0 = time.perf_counter()
+    summary = simulate(cfg, cpus_per_site=1.0)
+    wall = time.perf_counter() - t0
+    rows = [json.loads(x) for x in (Path(cfg.run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return summary, wall, rows
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
 

@@ -8,19 +8,16 @@ accuracy carries a wide interval (printed). Text is de-identified in every run (
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import shared_data, table  # noqa: E402
+from common import shared_data, simulate_timed, table  # noqa: E402
 
 from mmfed.federation.config import FederationConfig  # noqa: E402
-from mmfed.federation.simulation import simulate  # noqa: E402
 
 EPSILON = 8.0
 ROUNDS = 10
@@ -79,10 +76,7 @@ def main() -> str:
             run_dir=str(run),
             state_dir=str(run / "sites"),
         )
-        t0 = time.perf_counter()
-        summary = simulate(cfg, cpus_per_site=1.0)
-        wall = time.perf_counter() - t0
-        metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        summary, wall, metrics = simulate_timed(cfg)
         glob = [m for m in metrics if m["kind"] == "global"]
         n = glob[-1]["examples"]
         acc = summary["global_accuracy"]

@@ -11,18 +11,15 @@ Writes benchmarks/dp_accuracy.png.
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, plot_curves, shared_data, table  # noqa: E402
+from common import REPO, plot_curves, shared_data, simulate_timed, table  # noqa: E402
 
 from mmfed.federation.config import FederationConfig  # noqa: E402
-from mmfed.federation.simulation import simulate  # noqa: E402
 
 BATCH = 64
 CLIP = 1.0
@@ -94,10 +91,7 @@ def main(rounds: int = 10) -> str:
             run_dir=str(run),
             state_dir=str(run / "sites"),
         )
-        t0 = time.perf_counter()
-        summary = simulate(cfg, cpus_per_site=1.0)
-        wall = time.perf_counter() - t0
-        metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        summary, wall, metrics = simulate_timed(cfg)
         glob = [m for m in metrics if m["kind"] == "global"]
         fits = [m for m in metrics if m["kind"] == "fit" and m.get("status") == "accepted"]
         sigmas = sorted({round(m["noise_multiplier"], 3) for m in fits if "noise_multiplier" in m})

@@ -7,19 +7,16 @@ benchmarks/federation_accuracy.png (global accuracy per round).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, plot_curves, shared_data, table  # noqa: E402
+from common import REPO, plot_curves, shared_data, simulate_timed, table  # noqa: E402
 
 from mmfed.federation.config import FederationConfig  # noqa: E402
-from mmfed.federation.simulation import simulate  # noqa: E402
 
 VARIANTS = [
     ("image+audio, attention, natural (speakers)", {"modalities": "image,audio"}),
@@ -48,10 +45,7 @@ def main(rounds: int = 20) -> str:
             run_dir=str(out / f"v{i}"),
             **extra,
         )
-        t0 = time.perf_counter()
-        summary = simulate(cfg, cpus_per_site=1.0)
-        wall = time.perf_counter() - t0
-        metrics = [json.loads(x) for x in (out / f"v{i}" / "metrics.jsonl").read_text().splitlines()]
+        summary, wall, metrics = simulate_timed(cfg)
         glob = [m for m in metrics if m["kind"] == "global"]
         curves[name] = [g["accuracy"] for g in glob]
         first98 = next((g["round"] for g in glob if g["accuracy"] >= 0.98), None)

@@ -9,19 +9,16 @@ benchmarks/missing_modality.png.
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, plot_curves, shared_data, table  # noqa: E402
+from common import REPO, plot_curves, shared_data, simulate_timed, table  # noqa: E402
 
 from mmfed.data.partition import missing_modality_plan  # noqa: E402
 from mmfed.federation.config import FederationConfig  # noqa: E402
-from mmfed.federation.simulation import simulate  # noqa: E402
 
 # (missing-modality rate, per-encoder averaging); plain FedAvg rows for comparison
 VARIANTS = [(0.0, True), (0.3, True), (0.5, True), (0.3, False), (0.5, False)]
@@ -51,10 +48,7 @@ def main(rounds: int = 20) -> str:
             per_encoder_averaging=per_encoder,
             run_dir=str(run),
         )
-        t0 = time.perf_counter()
-        summary = simulate(cfg, cpus_per_site=1.0)
-        wall = time.perf_counter() - t0
-        metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        summary, wall, metrics = simulate_timed(cfg)
         glob = [m for m in metrics if m["kind"] == "global"]
         name = f"{rate:.0%} of sites missing a modality" + ("" if per_encoder else ", plain FedAvg")
         curves[name] = [g["accuracy"] for g in glob]
