@@ -47,9 +47,7 @@ class TextProcessor:
         typed placeholders such as [NAME] and [DATE]."""
         if not (self.spec.deidentify or self.spec.mask_diagnosis):
             return text
-        from mmfed.data.deid import scrub
-
-        return scrub(text, deidentify_text=self.spec.deidentify, mask_label_terms=self.spec.mask_diagnosis)
+        return _scrubbed(text, self.spec.deidentify, self.spec.mask_diagnosis)
 
     def __call__(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (input ids [max_length], attention mask [max_length]), padded/truncated."""
@@ -58,3 +56,11 @@ class TextProcessor:
             text, padding="max_length", truncation=True, max_length=self.spec.max_length, return_tensors="pt"
         )
         return enc["input_ids"][0], enc["attention_mask"][0]
+
+
+@functools.lru_cache(maxsize=65536)
+def _scrubbed(text: str, deidentify: bool, mask_diagnosis: bool) -> str:
+    """Scrubbing runs on every sample of every epoch (~1 ms a note): each distinct note is scrubbed once."""
+    from mmfed.data.deid import scrub
+
+    return scrub(text, deidentify_text=deidentify, mask_label_terms=mask_diagnosis)
