@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,48 +76,48 @@ class FederationConfig:
             raise ConfigError("fusion", f"{self.fusion!r} is not one of {', '.join(FUSIONS)}")
         if self.modalities:
             parse_modalities(self.modalities)
-        for name in ("sites", "rounds", "local_epochs", "batch_size", "min_sites"):
+        for name in ("sites", "rounds", "local_epochs", "batch_size", "min_sites", "samples_per_site"):
             if getattr(self, name) < 1:
                 raise ConfigError(name.replace("_", "-"), f"must be >= 1, got {getattr(self, name)}")
         if self.min_sites > self.sites:
             raise ConfigError("min-sites", f"{self.min_sites} is more than the {self.sites} sites of the run")
-        if not 0 < self.fraction_fit <= 1:
-            raise ConfigError("fraction-fit", f"must be in (0, 1], got {self.fraction_fit}")
-        if not self.max_update_norm > 0:
-            raise ConfigError("max-update-norm", f"must be > 0, got {self.max_update_norm}")
-        if not 0 <= self.modality_dropout < 1:
-            raise ConfigError("modality-dropout", f"must be in [0, 1), got {self.modality_dropout}")
-        if not 0 <= self.missing_modality_rate <= 1:
-            raise ConfigError("missing-modality-rate", f"must be in [0, 1], got {self.missing_modality_rate}")
+        # NaN compares False both ways and inf passes `> 0`: each float must be finite, then in range, or
+        # `target-epsilon = nan` would quietly mean "no DP" and `inf` a token σ
+        for name, in_range, wants in (
+            ("fraction_fit", lambda x: 0 < x <= 1, "in (0, 1]"),
+            ("max_update_norm", lambda x: x > 0, "> 0"),
+            ("modality_dropout", lambda x: 0 <= x < 1, "in [0, 1)"),
+            ("missing_modality_rate", lambda x: 0 <= x <= 1, "in [0, 1]"),
+            ("lr", lambda x: x >= 0, ">= 0 (0: the optimizer's default)"),
+            ("site_wait_s", lambda x: x >= 0, ">= 0"),
+            ("target_epsilon", lambda x: x >= 0, ">= 0 (0: not set)"),
+            ("noise_multiplier", lambda x: x >= 0, ">= 0 (0: not set)"),
+            ("max_grad_norm", lambda x: x > 0, "> 0"),
+            ("delta", lambda x: 0 < x < 1, "in (0, 1), e.g. 1e-5"),
+            ("secagg_clipping_range", lambda x: x > 0, "> 0"),
+        ):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and in_range(value)):
+                raise ConfigError(name.replace("_", "-"), f"must be a finite number {wants}, got {value}")
+        if self.secagg_max_examples < 1:
+            raise ConfigError("secagg-max-examples", f"must be >= 1, got {self.secagg_max_examples}")
         if self.text_encoder not in TEXT_ENCODERS:
             raise ConfigError(
                 "text-encoder", f"{self.text_encoder!r} is not one of {', '.join(TEXT_ENCODERS)}"
             )
-        if self.lr < 0:
-            raise ConfigError("lr", f"must be > 0 (or 0 for the optimizer's default), got {self.lr}")
         if self.optimizer not in ("adamw", "sgd"):
             raise ConfigError("optimizer", f"{self.optimizer!r}: use adamw or sgd")
         if self.lr_schedule not in ("cosine", "constant"):
             raise ConfigError("lr-schedule", f"{self.lr_schedule!r}: use cosine or constant")
-        if self.target_epsilon < 0 or self.noise_multiplier < 0:
-            raise ConfigError("target-epsilon", "target-epsilon and noise-multiplier must be >= 0")
         if self.target_epsilon > 0 and self.noise_multiplier > 0:
             raise ConfigError(
                 "noise-multiplier", "give target-epsilon or noise-multiplier, not both (σ follows from ε)"
             )
-        if not self.max_grad_norm > 0:
-            raise ConfigError("max-grad-norm", f"must be > 0, got {self.max_grad_norm}")
-        if not 0 < self.delta < 1:
-            raise ConfigError("delta", f"must be in (0, 1), e.g. 1e-5; got {self.delta}")
         if self.grad_sample_mode not in ("ew", "hooks", "functorch"):
             raise ConfigError("grad-sample-mode", f"{self.grad_sample_mode!r}: use ew, hooks or functorch")
-        if self.secagg_max_examples < 1 or not self.secagg_clipping_range > 0:
-            raise ConfigError(
-                "secagg-max-examples", "secagg-max-examples and secagg-clipping-range must be > 0"
-            )
-        kind = self.partition.split(":", 1)[0]
-        if kind not in ("natural", "iid", "dirichlet"):
-            raise ConfigError("partition", f"{self.partition!r}: use natural, iid or dirichlet:ALPHA")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ConfigError("device", f"{self.device!r}: use auto, cpu, cuda or cuda:N")
+        _check_partition(self.partition)
 
     # -- conversions -------------------------------------------------------------------------------
     @classmethod
@@ -143,9 +144,15 @@ class FederationConfig:
             data = tomllib.loads(path.read_text())
         except FileNotFoundError:
             raise ConfigError("config", f"{path} not found") from None
+        except UnicodeDecodeError:  # its text would quote the file around the bad byte
+            raise ConfigError("config", f"{path}: not UTF-8 text; save it as UTF-8") from None
+        except OSError as exc:
+            raise ConfigError("config", f"{path} cannot be read ({exc.strerror or exc})") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("config", f"{path}: not valid TOML ({exc})") from None
         data = data.get("federation", data)
+        if not isinstance(data, dict):
+            raise ConfigError("config", f"{path}: [federation] must be a table of settings")
         return cls.from_mapping(
             {**data, **{k: v for k, v in overrides.items() if v is not None}}, where=str(path)
         )
@@ -186,6 +193,24 @@ class FederationConfig:
         """What must not change between a run and its resumption (not rounds, run dir or resume)."""
         keep = {k: v for k, v in to_jsonable(self).items() if k not in RESUMABLE_SETTINGS}
         return config_hash(keep)
+
+
+def _check_partition(partition: str) -> None:
+    """Refused here, not when the sites are split (in Ray workers, after the run has started)."""
+    kind, colon, arg = partition.partition(":")
+    if kind == "dirichlet":
+        try:
+            alpha = float(arg)
+        except ValueError:
+            alpha = math.nan
+        if not (math.isfinite(alpha) and alpha > 0):
+            raise ConfigError(
+                "partition", f"{partition!r}: alpha must be a finite number > 0, e.g. dirichlet:0.1"
+            )
+    elif kind == "natural" and colon and not arg:
+        raise ConfigError("partition", f"{partition!r}: write natural or natural:COLUMN")
+    elif kind not in ("natural", "iid") or (kind == "iid" and colon):
+        raise ConfigError("partition", f"{partition!r}: use natural, iid or dirichlet:ALPHA")
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
