@@ -2,25 +2,134 @@
 
 from __future__ import annotations
 
+import csv
+import functools
+import io
+import os
+import sys
+import tempfile
 import time
+import traceback
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from mmfed.errors import MMFedError
 
-app = typer.Typer(help="Federated, privacy-preserving multimodal learning.", no_args_is_help=True)
-data_app = typer.Typer(help="Site data: check a site directory, build scenario site directories.")
-app.add_typer(data_app, name="data")
-site_app = typer.Typer(help="A data-holding site: its privacy policy, signing key and budget.")
-app.add_typer(site_app, name="site")
-certs_app = typer.Typer(help="Deployment certificates and keys: CA, SuperLink TLS, SuperNode auth keys.")
-app.add_typer(certs_app, name="certs")
 console = Console()
+err_console = Console(stderr=True)
+
+
+def _write_crash_log(exc: BaseException, command: str) -> Path | None:
+    """The traceback (no locals: they may hold records) in a file only this user can read."""
+    text = f"mmfed {command}, {time.strftime('%Y-%m-%d %H:%M:%S')}\n\n" + "".join(
+        traceback.format_exception(exc)
+    )
+    prefix = f"crash-{time.strftime('%Y%m%d-%H%M%S')}-"
+    try:
+        folder = Path.home() / ".mmfed" / "logs"
+        for part in (folder.parent, folder):
+            part.mkdir(mode=0o700, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=prefix, suffix=".log", dir=folder)  # mode 0600, unique
+    except (OSError, RuntimeError):  # no usable home directory: the temp directory, still 0600
+        try:
+            fd, name = tempfile.mkstemp(prefix=f"mmfed-{prefix}", suffix=".log")
+        except OSError:
+            return None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as fh:
+            fh.write(text)
+    except OSError:
+        return None
+    return Path(name)
+
+
+def _internal_error(exc: BaseException, command: str) -> None:
+    # the exception's text stays off the screen: it may quote a record (a decode error quotes the note)
+    log = _write_crash_log(exc, command)
+    where = f"details were written to {log}" if log else "no crash log could be written"
+    err_console.print(
+        f"mmfed: internal error ({type(exc).__name__}) in {command}; {where}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _guarded(command):
+    """Whatever escapes a command becomes one line: never a traceback, never the locals of one."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise  # typer.Exit and usage errors: click prints and exits
+        except MMFedError as exc:
+            _fail(exc)
+        except KeyboardInterrupt:
+            err_console.print("interrupted", highlight=False)
+            raise typer.Exit(130) from None
+        except OSError as exc:
+            if exc.filename is None:
+                _internal_error(exc, _command_name(command))
+                raise typer.Exit(1) from None
+            # a file the user named (or a run directory) that cannot be read or written
+            _fail(MMFedError(f"{exc.filename}: {exc.strerror or 'cannot be used'}"))
+        except Exception as exc:  # noqa: BLE001 - the one place every other error ends up
+            _internal_error(exc, _command_name(command))
+            raise typer.Exit(1) from None
+
+    return run
+
+
+def _command_name(command) -> str:
+    ctx = click.get_current_context(silent=True)
+    return " ".join(ctx.command_path.split()[1:]) if ctx else command.__name__
+
+
+class _App(typer.Typer):
+    """typer.Typer whose commands are all guarded, and whose pretty tracebacks never show locals."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("pretty_exceptions_show_locals", False)
+        super().__init__(**kwargs)
+
+    def command(self, *args, **kwargs):
+        register = super().command(*args, **kwargs)
+
+        def decorator(f):
+            register(_guarded(f))
+            return f
+
+        return decorator
+
+    def __call__(self, *args, **kwargs):
+        # the console script's entry point: also catches what fails outside a command
+        try:
+            return super().__call__(*args, **kwargs)
+        except KeyboardInterrupt:
+            err_console.print("interrupted", highlight=False)
+            sys.exit(130)
+        except Exception as exc:  # noqa: BLE001
+            _internal_error(exc, " ".join(sys.argv[1:2]) or "mmfed")
+            sys.exit(1)
+
+
+app = _App(help="Federated, privacy-preserving multimodal learning.", no_args_is_help=True)
+data_app = _App(help="Site data: check a site directory, build scenario site directories.")
+app.add_typer(data_app, name="data")
+site_app = _App(help="A data-holding site: its privacy policy, signing key and budget.")
+app.add_typer(site_app, name="site")
+certs_app = _App(help="Deployment certificates and keys: CA, SuperLink TLS, SuperNode auth keys.")
+app.add_typer(certs_app, name="certs")
 
 
 class Fusion(StrEnum):
@@ -48,8 +157,49 @@ CacheOpt = Annotated[
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/] {exc}", soft_wrap=True, highlight=False)
+    # Text, not markup: a message quoting a label or path with [brackets] must print as it is
+    err_console.print(Text.assemble(("error:", "bold red"), f" {exc}"), soft_wrap=True, highlight=False)
     raise typer.Exit(2)
+
+
+def _check_site_files(site_dir: Path) -> None:
+    """Undecodable or unparsable manifest.csv, labels.txt, site.toml -> a message naming the file and
+    line. Read here first because the csv/codec errors name neither (and hold the text around the bad
+    byte)."""
+    for name in ("manifest.csv", "labels.txt", "site.toml"):
+        path = site_dir / name
+        if not path.is_file():
+            continue  # load_manifest says what is missing
+        data = path.read_bytes()
+        excel = " (Excel: CSV UTF-8)" if path.suffix == ".csv" else ""
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            line = data.count(b"\n", 0, exc.start) + 1
+            utf16 = "it is UTF-16; " if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+            raise MMFedError(f"{path}, line {line}: not UTF-8 text; {utf16}save it as UTF-8{excel}") from None
+        if "\0" in text:  # UTF-16 without a byte-order mark decodes, as text full of NULs
+            line = text.count("\n", 0, text.index("\0")) + 1
+            raise MMFedError(f"{path}, line {line}: holds NUL bytes (UTF-16?); save it as UTF-8{excel}")
+        if name == "manifest.csv":
+            reader = csv.reader(io.StringIO(text, newline=""))
+            try:
+                for _ in reader:
+                    pass
+            except csv.Error as exc:
+                problem = (
+                    f"a cell is longer than {csv.field_size_limit()} characters; shorten that text"
+                    if "field limit" in str(exc)
+                    else f"not readable as CSV ({exc})"
+                )
+                raise MMFedError(f"{path}, line {reader.line_num}: {problem}") from None
+
+
+def _load_manifest(site_dir: Path, **kwargs):
+    from mmfed.data.manifest import load_manifest
+
+    _check_site_files(site_dir)
+    return load_manifest(site_dir, **kwargs)
 
 
 def _scenario(
@@ -105,9 +255,17 @@ def train(
         or Path("runs") / f"train-{scenario if not site_dir else 'sites'}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
     try:
+        for site in site_dir or []:
+            _check_site_files(site)
         scen = _scenario(scenario, data_dir, cache_dir, site_dir, seed)
         cfg = TrainConfig(
-            epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, augment=augment, device=device
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            augment=augment,
+            modality_dropout=modality_dropout,
+            device=device,
         )
         bar = Progress(
             TextColumn("epoch {task.fields[epoch]}"),
@@ -148,13 +306,15 @@ def train(
                 cache_dir=cache_dir,
                 progress=hooks,
             )
-    except (MMFedError, ValueError, FloatingPointError) as exc:
+    except (MMFedError, FloatingPointError) as exc:  # FloatingPointError: the loss diverged (fixed text)
         _fail(exc)
     console.print(
         f"[bold green]test accuracy {summary['test_accuracy']:.2%}[/] on {summary['test_examples']} "
         f"examples after {summary['epochs']} epochs ({summary['seconds']:.0f}s)"
     )
-    console.print(f"results: {run_dir}/  (config.json, metrics.jsonl, summary.json, model.safetensors)")
+    console.print(
+        f"results: {run_dir}/  (config.json, metrics.jsonl, summary.json, model.safetensors)", markup=False
+    )
 
 
 @app.command()
@@ -294,6 +454,13 @@ def simulate(
             if config
             else FederationConfig.from_mapping(options)
         )
+        # files the run needs are checked now, not after Ray has started and the sites have trained
+        if cfg.initial_model and not Path(cfg.initial_model).is_file():
+            raise MMFedError(f"initial-model {cfg.initial_model}: no such file")
+        if cfg.server_test_dir:
+            if not (Path(cfg.server_test_dir) / "manifest.csv").is_file():
+                raise MMFedError(f"server-test-dir {cfg.server_test_dir}: no manifest.csv there")
+            _check_site_files(Path(cfg.server_test_dir))
         from mmfed.data.scenarios import FIXED_SITE_SCENARIOS
 
         if cfg.partition == "natural" and cfg.scenario in FIXED_SITE_SCENARIOS:
@@ -320,10 +487,10 @@ def simulate(
         _fail(exc)
     console.print(
         f"[bold]{cfg.scenario}[/]: {cfg.sites} sites, {cfg.rounds} rounds, {cfg.fusion} fusion, "
-        f"partition {cfg.partition}"
+        f"partition {escape(cfg.partition)}"
         + (", SecAgg+" if cfg.secure_aggregation else "")
         + (", DP" if cfg.private else "")
-        + f"; results in {cfg.run_dir}",
+        + f"; results in {escape(cfg.run_dir)}",
         highlight=False,
     )
     bar = Progress(
@@ -354,7 +521,7 @@ def simulate(
                 on_round=on_round,
                 verbose=verbose,
             )
-    except (MMFedError, ValueError) as exc:
+    except MMFedError as exc:  # anything else is a bug: _guarded logs it, the screen gets one line
         _fail(exc)
     if not summary:
         _fail(
@@ -406,14 +573,12 @@ def data_check(
     ] = None,
 ) -> None:
     """Validate a site directory's manifest.csv and every file it names; list every problem."""
-    from mmfed.data.manifest import load_manifest
-
     report = report or site_dir.parent / f"{site_dir.name}-skipped.csv"
     try:
-        manifest = load_manifest(site_dir, on_bad_row=on_bad_row.value, report_path=report)
+        manifest = _load_manifest(site_dir, on_bad_row=on_bad_row.value, report_path=report)
     except MMFedError as exc:
         _fail(exc)
-    table = Table(title=f"{site_dir}")
+    table = Table(title=escape(str(site_dir)))  # paths and labels are text, never markup
     for col in ("split", "samples", *manifest.modality_counts().keys()):
         table.add_column(col)
     for split in ("train", "val", "test"):
@@ -422,9 +587,9 @@ def data_check(
             counts = [str(sum(getattr(s, m) is not None for s in rows)) for m in manifest.modality_counts()]
             table.add_row(split, str(len(rows)), *counts)
     console.print(table)
-    console.print(f"labels ({len(manifest.labels)}): {', '.join(manifest.labels)}")
+    console.print(f"labels ({len(manifest.labels)}): {', '.join(manifest.labels)}", markup=False)
     if manifest.skipped:
-        console.print(f"[yellow]{len(manifest.skipped)} bad row(s) skipped; report: {report}[/]")
+        console.print(f"[yellow]{len(manifest.skipped)} bad row(s) skipped; report: {escape(str(report))}[/]")
     else:
         console.print("[green]no problems found[/]")
 
@@ -441,10 +606,9 @@ def data_deid(
     from collections import Counter
 
     from mmfed.data.deid import find_identifiers, scrub
-    from mmfed.data.manifest import load_manifest
 
     try:
-        manifest = load_manifest(site_dir)
+        manifest = _load_manifest(site_dir)
     except MMFedError as exc:
         _fail(exc)
     notes = [s for s in manifest.samples if s.text]
@@ -461,7 +625,7 @@ def data_deid(
         highlight=False,
     )
     for sample, cleaned in changed[:show]:
-        console.print(f"\n[bold]{sample.id}[/] (row {sample.row})", highlight=False)
+        console.print(f"\n[bold]{escape(sample.id)}[/] (row {sample.row})", highlight=False)
         console.print(f"  before: {sample.text}", highlight=False, markup=False)
         console.print(f"  after:  {cleaned}", highlight=False, markup=False)
 
@@ -479,7 +643,7 @@ def data_prepare(
     except MMFedError as exc:
         _fail(exc)
     for site in scen.sites:
-        console.print(str(site))
+        console.print(str(site), markup=False)
 
 
 @site_app.command("init")
@@ -487,11 +651,18 @@ def site_init(
     dir: Annotated[Path, typer.Option("--dir", help="the site directory (manifest.csv, labels.txt)")],
     max_epsilon: Annotated[float, typer.Option(help="ε cap written into site.toml")] = 8.0,
     delta: Annotated[float, typer.Option(help="δ written into site.toml")] = 1e-5,
+    public_examples: Annotated[
+        int,
+        typer.Option(
+            help="the training-set size the site discloses (site.toml public_examples); "
+            "0: the manifest's count rounded to two significant digits"
+        ),
+    ] = 0,
 ) -> None:
     """Create the site's policy (site.toml) and ledger signing key; validate its manifest; say what next.
     Never overwrites: an existing policy or key is kept."""
-    from mmfed.data.manifest import load_manifest
     from mmfed.privacy import keys
+    from mmfed.privacy.geometry import rounded_size
     from mmfed.privacy.policy import POLICY_FILE, SitePolicy, load_policy
 
     if not (dir / "manifest.csv").exists():
@@ -502,31 +673,46 @@ def site_init(
         )
     policy_path = dir / POLICY_FILE
     try:
+        manifest = _load_manifest(dir)  # first: a bad manifest leaves nothing half written
+        train = len(manifest.split("train"))
         if policy_path.exists():
-            console.print(f"kept existing {policy_path}")
+            console.print(f"kept existing {policy_path}", markup=False)
             policy = load_policy(policy_path)
         else:
-            policy = SitePolicy(max_epsilon=max_epsilon, delta=delta, source=str(policy_path))
+            public = public_examples or rounded_size(train)
+            policy = SitePolicy(
+                max_epsilon=max_epsilon, delta=delta, public_examples=public, source=str(policy_path)
+            )
             policy.validate()
             policy_path.write_text(policy.template())
-            console.print(f"wrote {policy_path} (max_epsilon {max_epsilon:g}, δ {delta:g}): review it")
+            console.print(
+                f"wrote {policy_path} (max_epsilon {max_epsilon:g}, δ {delta:g}, public_examples {public}): "
+                "review it",
+                markup=False,
+            )
         if (dir / keys.PRIVATE_KEY).exists():
             key = keys.load_private_key(dir)
-            console.print(f"kept existing key {dir / keys.PRIVATE_KEY}")
+            console.print(f"kept existing key {dir / keys.PRIVATE_KEY}", markup=False)
         else:
             key = keys.create_key(dir)
-            console.print(f"created ledger signing key {dir / keys.PRIVATE_KEY} (mode 0600)")
-        manifest = load_manifest(dir)
+            console.print(f"created ledger signing key {dir / keys.PRIVATE_KEY} (mode 0600)", markup=False)
     except MMFedError as exc:
         _fail(exc)
-    train = len(manifest.split("train"))
     console.print(
-        f"manifest OK: {len(manifest.samples)} records, {train} for training, labels {manifest.labels}"
+        f"manifest OK: {len(manifest.samples)} records, {train} for training, labels {manifest.labels}",
+        markup=False,
     )
-    if train and policy.delta >= 1 / train:
+    size = policy.public_examples or train
+    if size and policy.delta >= 1 / size:
         console.print(
-            f"[yellow]δ={policy.delta:g} is not below 1/{train} training records: set a smaller delta in "
-            f"{policy_path} (e.g. {10 ** -len(str(train * 10)):g})[/]"
+            f"[yellow]δ={policy.delta:g} is not below 1/{size} (the public size): the site will refuse DP "
+            f"rounds; set a smaller delta in {escape(str(policy_path))} "
+            f"(e.g. {10 ** -len(str(size * 10)):g})[/]"
+        )
+    if not policy.public_examples:
+        console.print(
+            f"[yellow]{escape(str(policy_path))} declares no public_examples: the site will refuse DP rounds "
+            "until it does[/]"
         )
     console.print(
         "\nnext:\n"
@@ -541,6 +727,7 @@ def site_init(
         f"       --auth-supernode-private-key keys/SITE \\\n"
         f"       --node-config \"site-dir='{dir.resolve()}'\" --host 127.0.0.1 --port 9094",
         highlight=False,
+        markup=False,
         soft_wrap=True,  # commands to copy: never break a path
     )
 
@@ -548,13 +735,12 @@ def site_init(
 @site_app.command("check")
 def site_check(dir: Annotated[Path, typer.Option("--dir", help="the site directory")]) -> None:
     """Validate the site's policy, key and manifest, and show the privacy budget spent so far."""
-    from mmfed.data.manifest import load_manifest
     from mmfed.privacy import keys
     from mmfed.privacy.budget import SiteBudget
     from mmfed.privacy.fingerprint import data_fingerprint
 
     try:
-        manifest = load_manifest(dir)
+        manifest = _load_manifest(dir)
         fingerprint = data_fingerprint(manifest.split("train"))
         budget = SiteBudget(dir, fingerprint, site=dir.name)
         prv, rdp = budget.spent()
@@ -566,6 +752,7 @@ def site_check(dir: Annotated[Path, typer.Option("--dir", help="the site directo
         f"σ ≥ {policy.min_noise_multiplier:g}, C ≤ {policy.max_clipping_norm:g}, "
         f"q ≤ {policy.max_sample_rate:g}, modalities {list(policy.allowed_modalities)}",
         highlight=False,
+        markup=False,
     )
     console.print(f"key {keys.key_id(budget.key.public_key())}", highlight=False)
     console.print(
@@ -594,6 +781,7 @@ def certs_server(
         f"SuperLink: --ssl-ca-certfile {out / certs.CA_CERT} --ssl-certfile {cert} "
         f"--ssl-keyfile {out / certs.SERVER_KEY}",
         highlight=False,
+        markup=False,
     )
 
 
@@ -610,7 +798,10 @@ def certs_node(
         private, public = certs.node_key(out, name, force=force)
     except MMFedError as exc:
         _fail(exc)
-    console.print(f"private key {private} (mode 0600, stays at the site); public key {public} (register it)")
+    console.print(
+        f"private key {private} (mode 0600, stays at the site); public key {public} (register it)",
+        markup=False,
+    )
 
 
 @app.command()
