@@ -29,7 +29,7 @@ def make_site(tmp_path, name="hospital-a", rounds=5, cap=20.0, sigma=1.1):
         modalities=("image",),
     )
     for rnd in range(1, rounds + 1):
-        plan = budget.plan(offer, records=400)
+        plan = budget.plan(offer, public_examples=400)
         after = [*plan.history, (plan.noise_multiplier, plan.sample_rate, plan.steps)]
         budget.release(plan, after, run_id="run-1", round=rnd, extra={})
     return home
@@ -186,7 +186,7 @@ def test_a_site_that_changed_its_delta_still_verifies(tmp_path):
         noise_multiplier=1.1, target_epsilon=0.0, max_grad_norm=1.0, batch_size=50, local_epochs=1,
         rounds=3, modalities=("image",),
     )  # fmt: skip
-    plan = budget.plan(offer, records=400)
+    plan = budget.plan(offer, public_examples=400)
     budget.release(
         plan,
         [*plan.history, (plan.noise_multiplier, plan.sample_rate, plan.steps)],

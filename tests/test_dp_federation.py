@@ -7,10 +7,12 @@ import pytest
 from localgrid import run_federation as run
 
 from mmfed.audit.check import audit_ledger
+from mmfed.federation import sitelog
 from mmfed.federation.config import FederationConfig
 from mmfed.federation.site import federation_scenario, site_samples
 from mmfed.privacy import accounting
 from mmfed.privacy.budget import LEDGER, dp_geometry
+from mmfed.privacy.geometry import rounded_size
 from mmfed.privacy.policy import SitePolicy
 
 
@@ -75,7 +77,7 @@ def test_site_over_its_cap_refuses_and_the_run_goes_on(cfg, tmp_path):
     scenario = federation_scenario(cfg)
     _, samples = site_samples(cfg, scenario, 1, cfg.sites)
     train = sum(s.split == "train" for s in samples)
-    q, steps = dp_geometry(train, cfg.batch_size, cfg.local_epochs)
+    q, steps = dp_geometry(rounded_size(train), cfg.batch_size, cfg.local_epochs)
     one, two = (accounting.epsilon_prv([(1.2, q, steps * k)], 1e-5) for k in (1, 2))
     home = tmp_path / "state" / "site_00001"
     home.mkdir(parents=True)
@@ -142,14 +144,18 @@ def test_deployed_sites_keep_budget_and_ledger_in_their_own_directory(cfg, tmp_p
     scenario = federation_scenario(cfg)  # the server's model shape: same generator, same classes
     sites = [synthetic_site(tmp_path / "hospital", i, samples=40, modalities="image,audio") for i in range(3)]
     for site in sites[:2]:  # `mmfed site init` done at two sites; the third never set up its privacy
-        (site / "site.toml").write_text(SitePolicy(max_epsilon=50.0, max_sample_rate=1.0).template())
+        policy = SitePolicy(max_epsilon=50.0, max_sample_rate=1.0, public_examples=30)
+        (site / "site.toml").write_text(policy.template())
         keys.create_key(site)
     assert scenario.labels
     run(cfg.replace(rounds=1), node_configs=[{"site-dir": str(s)} for s in sites])
     rows = [json.loads(x) for x in open(f"{cfg.run_dir}/metrics.jsonl").read().splitlines()]
     fits = {r["site"]: r for r in rows if r["kind"] == "fit"}
     assert fits[sites[0].name]["status"] == fits[sites[1].name]["status"] == "accepted"
-    assert fits[sites[2].name]["status"] == "failed" and "mmfed site init" in fits[sites[2].name]["reason"]
+    # the server learns a code and a generic sentence; the site's own log says what to do
+    assert fits[sites[2].name]["status"] == "failed" and fits[sites[2].name]["code"] == "setup"
+    assert str(sites[2]) not in fits[sites[2].name]["reason"]
+    assert "mmfed site init" in (sites[2] / sitelog.LOG).read_text()
     for site in sites[:2]:
         (entry,) = [json.loads(x) for x in (site / LEDGER).read_text().splitlines()]
         assert entry["max_epsilon"] == 50.0 and entry["round"] == 1

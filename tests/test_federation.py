@@ -12,6 +12,7 @@ import mmfed.federation.site as site_mod
 from mmfed.errors import ConfigError, MMFedError
 from mmfed.federation.config import FederationConfig
 from mmfed.federation.params import check_update
+from mmfed.federation.sitelog import LOG
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,7 +93,7 @@ def corrupt(monkeypatch, site_name, how):
         ("nan", "rejected", "NaN"),
         ("shape", "rejected", "shape"),
         ("oversized", "rejected", "L2 norm"),
-        ("raise", "failed", "disk full at the hospital"),
+        ("raise", "failed", "failed (internal): internal error at the site"),
     ],
 )
 def test_bad_update_or_failing_site_is_named_and_round_completes(cfg, monkeypatch, how, status, needle):
@@ -103,6 +104,11 @@ def test_bad_update_or_failing_site_is_named_and_round_completes(cfg, monkeypatc
     assert [r["status"] for r in bad] == [status, status] and needle in bad[0]["reason"]
     assert all(g["sites_accepted"] == 2 for g in rows(cfg, kind="global"))
     assert all(r["status"] == "accepted" for r in rows(cfg, kind="fit") if r["site"] != "site_00001")
+    if how == "raise":  # the server gets the code; the site's own log keeps the exception and traceback
+        assert "disk full" not in bad[0]["reason"]
+        assert (
+            "RuntimeError: disk full at the hospital" in open(f"{cfg.run_dir}/sites/site_00001/{LOG}").read()
+        )
 
 
 def test_aggregate_is_example_weighted_mean_of_accepted_deltas(cfg, monkeypatch):

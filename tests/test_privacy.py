@@ -17,7 +17,9 @@ from mmfed.errors import ConfigError, MMFedError
 from mmfed.models import build_model
 from mmfed.privacy import accounting, keys
 from mmfed.privacy.budget import Proposal, Refusal, SiteBudget, dp_geometry
+from mmfed.privacy.geometry import Geometry
 from mmfed.privacy.policy import SitePolicy, load_policy
+from mmfed.privacy.randomness import TorchRandomness
 from mmfed.train.dp import train_private
 
 HISTORIES = [
@@ -123,20 +125,20 @@ def proposal(**changes) -> Proposal:
 def test_site_refuses_proposals_that_break_its_policy(tmp_path, change, policy, words):
     budget = home_with_policy(tmp_path, **policy)
     with pytest.raises(Refusal) as err:
-        budget.plan(proposal(**change), records=400)
+        budget.plan(proposal(**change), public_examples=400)
     assert "site hospital-a" in str(err.value) and all(w in str(err.value) for w in words), str(err.value)
     assert not budget.ledger_path.exists() and budget.history() == []
 
 
 def test_release_records_exactly_the_planned_round(tmp_path):
     budget = home_with_policy(tmp_path, max_epsilon=50.0)
-    plan = budget.plan(proposal(), records=400)
+    plan = budget.plan(proposal(), public_examples=400)
     after = [*plan.history, (plan.noise_multiplier, plan.sample_rate, plan.steps)]
     entry = budget.release(plan, after, run_id="r1", round=1, extra={})
     assert entry["epsilon_prv"] == pytest.approx(accounting.epsilon_prv(after, 1e-5))
     assert budget.history() == after
     with pytest.raises(MMFedError, match="withheld"):  # the accountant saw something else: no release
-        budget.release(budget.plan(proposal(), records=400), after, run_id="r1", round=2, extra={})
+        budget.release(budget.plan(proposal(), public_examples=400), after, run_id="r1", round=2, extra={})
 
 
 def test_deployed_site_without_policy_or_key_is_told_what_to_run(tmp_path):
@@ -191,10 +193,10 @@ def test_dp_training_steps_the_persisted_accountant_including_empty_batches():
         lr=1e-3,
         noise_multiplier=1.0,
         max_grad_norm=1.0,
-        batch_size=1,
-        epochs=8,
+        geometry=Geometry(3, 1, 8),
         history=prior,
         device=torch.device("cpu"),
+        randomness=TorchRandomness(torch.device("cpu")),
     )
     assert history == [(2.0, 0.5, 7), (1.0, 1 / 3, 24)]  # every draw counted, the prior kept
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
@@ -250,25 +252,25 @@ def test_epsilon_is_infinite_without_noise():
 
 def test_a_tightened_policy_applies_from_the_next_round(tmp_path):
     budget = home_with_policy(tmp_path, max_epsilon=50.0)
-    plan = budget.plan(proposal(), records=400)
+    plan = budget.plan(proposal(), public_examples=400)
     budget.release(
         plan, [(plan.noise_multiplier, plan.sample_rate, plan.steps)], run_id="r", round=1, extra={}
     )
     (budget.home / "site.toml").write_text(SitePolicy(max_epsilon=plan.epsilon_prv * 1.01).template())
     with pytest.raises(Refusal, match="above max_epsilon"):
-        budget.plan(proposal(), records=400)
+        budget.plan(proposal(), public_examples=400)
 
 
 def test_a_lost_accountant_state_is_never_a_fresh_budget(tmp_path):
     budget = home_with_policy(tmp_path, max_epsilon=50.0)
-    plan = budget.plan(proposal(), records=400)
+    plan = budget.plan(proposal(), public_examples=400)
     budget.release(
         plan, [(plan.noise_multiplier, plan.sample_rate, plan.steps)], run_id="r", round=1, extra={}
     )
     budget.budget_path.unlink()
     with pytest.raises(MMFedError, match="never reset"):
-        budget.plan(proposal(), records=400)
+        budget.plan(proposal(), public_examples=400)
     budget.budget_path.parent.mkdir(parents=True, exist_ok=True)
     budget.budget_path.write_text("{not json")
     with pytest.raises(MMFedError, match="restore it from backup"):
-        budget.plan(proposal(), records=400)
+        budget.plan(proposal(), public_examples=400)

@@ -94,8 +94,8 @@ def test_secure_aggregate_equals_fedavg_and_the_strategy_never_sees_one_site(cfg
     assert len(received) == 3
     for arrays in received[1:]:
         assert all(np.array_equal(a, b) for a, b in zip(arrays, received[0], strict=True))
-    for name, (update, _) in seen.items():  # (the last array is the summed coverage vector)
-        assert max_diff(received[0][:-1], update) > 1e-3, name
+    for name, (update, _) in seen.items():  # (the last two: summed coverage and evaluation sums)
+        assert max_diff(received[0][:-2], update) > 1e-3, name
     rows = [json.loads(x) for x in open(f"{secure.run_dir}/metrics.jsonl").read().splitlines()]
     fits = [r for r in rows if r["kind"] == "fit"]
     assert {r["site"] for r in fits} == set(seen) and all(
@@ -125,11 +125,14 @@ def test_an_update_outside_the_secagg_range_is_never_clipped_silently(cfg, tmp_p
     rows = [json.loads(x) for x in open(f"{tight.run_dir}/metrics.jsonl").read().splitlines()]
     reasons = [r["reason"] for r in rows if r["kind"] == "fit"]
     assert reasons and all("secagg-clipping-range" in r for r in reasons)
+    # the site's numbers stay in its own log
+    assert all("largest update value" not in r for r in reasons)
     small = cfg.replace(secure_aggregation=True, secagg_max_examples=5, run_dir=str(tmp_path / "r2"))
     with pytest.raises(MMFedError):
         run(small)
     rows = [json.loads(x) for x in open(f"{small.run_dir}/metrics.jsonl").read().splitlines()]
-    assert all("secagg-max-examples=5" in r["reason"] for r in rows if r["kind"] == "fit")
+    fits = [r for r in rows if r["kind"] == "fit"]
+    assert fits and all(r["code"] == "secagg-weight" and "secagg-max-examples" in r["reason"] for r in fits)
 
 
 def test_dp_and_secure_aggregation_together_keep_ledgers_and_epsilon(cfg):

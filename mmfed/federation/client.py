@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import logging
 import traceback
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flwr.app import Context, Message
 from flwr.app.message_type import MessageType
 from flwr.client import ClientApp, NumPyClient
@@ -24,17 +26,42 @@ from mmfed.errors import MMFedError
 from mmfed.federation.config import FederationConfig
 from mmfed.federation.coverage import encode_update
 from mmfed.federation.secure import check_range
-from mmfed.privacy.budget import Refusal
+from mmfed.privacy.budget import REFUSALS, Refusal
 
 log = logging.getLogger("mmfed.site")
 
 
 def site_label(node_config: dict[str, Any]) -> str:
-    from pathlib import Path
-
     if node_config.get("site-dir"):
         return Path(str(node_config["site-dir"])).name
     return f"partition-{node_config.get('partition-id', '?')}"
+
+
+# what the server is told when a site fails: a code and a generic sentence; the full message (paths,
+# record ids, the site's numbers) and the traceback go to the site's own log (mmfed.federation.sitelog)
+FAILURES = {
+    "data": "the site could not read its data for this run",
+    "setup": "the site's setup or this run's settings do not let it train (see the site's log)",
+    "training": "local training diverged (loss NaN/inf); lower lr",
+    "secagg-range": "the update does not fit SecAgg+'s range; raise secagg-clipping-range (or lower lr)",
+    "secagg-weight": "the site's FedAvg weight is above secagg-max-examples; raise that setting",
+    "internal": "internal error at the site",
+}
+
+
+def failure_code(exc: BaseException) -> str:
+    from mmfed.errors import ConfigError, DataError, ManifestError
+    from mmfed.federation.secure import SecAggRangeError
+
+    if isinstance(exc, SecAggRangeError):
+        return exc.code
+    if isinstance(exc, DataError | ManifestError | FileNotFoundError):
+        return "data"
+    if isinstance(exc, ConfigError):
+        return "setup"
+    if isinstance(exc, FloatingPointError):
+        return "training"
+    return "internal"
 
 
 class SiteClient(NumPyClient):
@@ -42,39 +69,79 @@ class SiteClient(NumPyClient):
         self.cfg = cfg
         self.node_config = node_config
 
+    def _home(self, runtime) -> Path | None:
+        if runtime is not None:
+            return runtime.home
+        if self.node_config.get("site-dir"):  # a deployed site that could not load: its own directory
+            return Path(str(self.node_config.get("state-dir") or self.node_config["site-dir"])).resolve()
+        return None
+
+    def _report(self, runtime, name: str, exc: BaseException, **where: Any) -> tuple[str, str]:
+        """(code, sentence for the server); the whole story goes to the site's log, none of it on screen
+        beyond our own messages (which name files and rows, never record content)."""
+        from mmfed.federation import sitelog
+
+        refused = isinstance(exc, Refusal)
+        code = exc.code if refused else failure_code(exc)
+        sentence = REFUSALS[code] if refused else FAILURES[code]
+        public = f"site {name}: {'refused' if refused else 'failed'} ({code}): {sentence}"
+        home = self._home(runtime)
+        detail = "".join(traceback.format_exception(exc)) if code == "internal" else str(exc)
+        if home is not None:
+            sitelog.record(home, "refused" if refused else "failed", code=code, message=detail, **where)
+        own = str(exc) if isinstance(exc, MMFedError) else f"{type(exc).__name__} (details in the site log)"
+        where_log = f" [{home / sitelog.LOG}]" if home is not None else ""
+        (log.warning if refused else log.error)("site %s: %s (%s): %s%s", name,
+            "refused" if refused else "failed", code, own, where_log)  # fmt: skip
+        return code, public
+
     def fit(self, parameters, config):
         server_round = int(config.get("server-round", 0))
+        run_id = str(config.get("run-id", ""))
         name = site_label(self.node_config)
         from mmfed.federation.site import load_site  # torch: only in the messages that train
 
         secure = self.cfg.secure_aggregation
+        runtime = None
         try:
             runtime = load_site(self.cfg, self.node_config)
             name = runtime.name
-            update, examples, metrics = runtime.fit(
-                parameters, self.cfg, server_round, run_id=str(config.get("run-id", ""))
-            )
+            # SecAgg+: the site's evaluation of the model it receives travels in the masked sum
+            sums = runtime.evaluation_sums(parameters, self.cfg) if secure else None
+            update, examples, metrics = runtime.fit(parameters, self.cfg, server_round, run_id=run_id)
             # each encoder is averaged over the sites that trained it (mmfed.federation.coverage)
-            update = encode_update(update, runtime.parameter_groups(), runtime.group_examples(), examples)
+            groups = runtime.release_group_examples(self.cfg, examples)
+            update = encode_update(update, runtime.parameter_groups(), groups, examples)
             if secure:
+                update.append((np.asarray(sums, dtype=np.float64) / examples).astype(np.float32))
                 check_range(update, examples, self.cfg)
             return update, examples, metrics
-        except Refusal as exc:
-            log.warning("round %d: %s", server_round, exc)
-            if secure:  # SecAgg+ has no "empty update": the site drops out, the reason goes with it
-                raise
-            return [], 0, {"site": name, "refused": str(exc)}
-        except Exception as exc:  # noqa: BLE001 - any failure is reported to the server as this site's failure
-            log.error("site %s: training failed:\n%s", name, traceback.format_exc())
-            if secure:
-                raise MMFedError(f"site {name}: {type(exc).__name__}: {exc}") from exc
-            return [], 0, {"site": name, "error": f"{type(exc).__name__}: {exc}"}
+        except Exception as exc:  # noqa: BLE001 - any failure is reported as this site's, with a code
+            code, public = self._report(runtime, name, exc, run_id=run_id, round=server_round)
+            if secure:  # SecAgg+ has no "empty update": the site drops out, the code goes with it
+                raise (Refusal(code, public) if isinstance(exc, Refusal) else SiteFailure(public)) from None
+            key = "refused" if isinstance(exc, Refusal) else "error"
+            return [], 0, {"site": name, key: public, "code": code}
 
     def evaluate(self, parameters, config):
         from mmfed.federation.site import load_site
 
-        runtime = load_site(self.cfg, self.node_config)
-        return runtime.evaluate(parameters)
+        name = site_label(self.node_config)
+        runtime = None
+        try:
+            runtime = load_site(self.cfg, self.node_config)
+            name = runtime.name
+            return runtime.evaluate(parameters, self.cfg, config)
+        except Exception as exc:  # noqa: BLE001 - reported as this site's, with a code
+            code, public = self._report(
+                runtime, name, exc, run_id=str(config.get("run-id", "")), stage="evaluate"
+            )
+            key = "refused" if isinstance(exc, Refusal) else "error"
+            return 0.0, 0, {"site": name, key: public, "code": code}
+
+
+class SiteFailure(MMFedError):
+    """A site's training failed; the message is the code and sentence the server may see."""
 
 
 def maybe_secaggplus_mod(msg: Message, context: Context, call_next):

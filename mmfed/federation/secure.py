@@ -25,7 +25,12 @@ MODULUS_RANGE = 2**40
 
 
 class SecAggRangeError(MMFedError):
-    """A site's update does not fit SecAgg+'s quantisation range; it is not sent."""
+    """A site's update does not fit SecAgg+'s quantisation range; it is not sent. `code` says which setting
+    the server must raise: secagg-weight (secagg-max-examples) or secagg-range (secagg-clipping-range)."""
+
+    def __init__(self, code: str, message: str):
+        self.code = code
+        super().__init__(message)
 
 
 def shares(sites: int) -> tuple[int | float, int | float]:
@@ -82,14 +87,16 @@ def check_range(update: list[np.ndarray], examples: int, cfg: FederationConfig) 
     """Raise SecAggRangeError unless every scaled value fits ±secagg-clipping-range."""
     if examples > cfg.secagg_max_examples:
         raise SecAggRangeError(
+            "secagg-weight",
             f"the site has {examples} training examples, more than secagg-max-examples="
-            f"{cfg.secagg_max_examples}; the server must raise that setting"
+            f"{cfg.secagg_max_examples}; the server must raise that setting",
         )
     largest = max((float(np.max(np.abs(u))) for u in update if u.size), default=0.0)
     scaled = largest * examples / cfg.secagg_max_examples
     if scaled > cfg.secagg_clipping_range:
         raise SecAggRangeError(
+            "secagg-range",
             f"largest update value {largest:.4g} x {examples}/{cfg.secagg_max_examples} examples = "
             f"{scaled:.4g} is outside SecAgg+'s range ±{cfg.secagg_clipping_range:g}; the server must raise "
-            "secagg-clipping-range (or lower lr); the update was not sent"
+            "secagg-clipping-range (or lower lr); the update was not sent",
         )

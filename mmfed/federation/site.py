@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -25,14 +26,17 @@ from mmfed.data.dataset import Collate, MultimodalDataset, Processors
 from mmfed.data.manifest import Sample, load_manifest
 from mmfed.data.partition import missing_modality_plan, partition, without_modality
 from mmfed.data.scenarios import Scenario, prepare_scenario
-from mmfed.errors import ConfigError
+from mmfed.errors import ConfigError, DataError
+from mmfed.federation import sitelog
 from mmfed.federation.config import FederationConfig
 from mmfed.federation.coverage import parameter_groups
 from mmfed.federation.params import delta, get_weights, set_weights
 from mmfed.models import build_model
-from mmfed.privacy.budget import Proposal, SiteBudget
+from mmfed.privacy.budget import Proposal, Refusal, SiteBudget
 from mmfed.privacy.fingerprint import data_fingerprint
-from mmfed.privacy.policy import POLICY_FILE, SitePolicy
+from mmfed.privacy.geometry import rounded_size
+from mmfed.privacy.policy import POLICY_FILE, SitePolicy, load_policy
+from mmfed.privacy.randomness import fresh_randomness
 from mmfed.train.dp import make_optimizer, train_private
 from mmfed.train.loop import Metrics, evaluate, seed_everything, select_device, train_epoch
 
@@ -153,11 +157,36 @@ class SiteRuntime:
                     min_noise_multiplier=0.0,
                     max_clipping_norm=math.inf,
                     max_sample_rate=1.0,
+                    secure_rng=False,  # fresh torch generator from OS entropy: faster in simulation
                     source="simulation default (no site.toml: no cap)",
                 )
             fingerprint = data_fingerprint(self.all_train)
             self._budget = SiteBudget(self.home, fingerprint, site=self.name, simulated_policy=default)
         return self._budget
+
+    def private(self, cfg: FederationConfig) -> bool:
+        """Whether this site trains under DP (and so releases only what the DP message allows)."""
+        return self.budget(cfg) is not None
+
+    def release_group_examples(self, cfg: FederationConfig, examples: int) -> list[int]:
+        """The per-encoder weights sent with an update. Under DP they follow from the public size and the
+        modalities the site holds (its schema), never from counts of records."""
+        if not self.private(cfg):
+            return self.group_examples()
+        return [examples, *(examples if n else 0 for n in self.group_examples()[1:])]
+
+    def public_examples(self, budget: SiteBudget) -> int:
+        """The size the site discloses: its policy's public_examples; in simulation, without one, N rounded
+        to two significant digits (mmfed.privacy.geometry). A deployed site must declare it."""
+        if budget.policy.public_examples:
+            return budget.policy.public_examples
+        if self.deployed:
+            raise Refusal(
+                "public-size",
+                f"site {self.name}: {self.home / POLICY_FILE} declares no privacy.public_examples; add the "
+                "number of training records you disclose (rounded, e.g. to two significant digits)",
+            )
+        return rounded_size(len(self.train))
 
     def fit(
         self, weights: list, cfg: FederationConfig, server_round: int, run_id: str = ""
@@ -167,8 +196,9 @@ class SiteRuntime:
         With a privacy budget: DP-SGD under the site's policy; raises Refusal (nothing trained, nothing
         recorded) when the proposal breaks it."""
         if not len(self.train):
-            raise ConfigError("site", f"site {self.name} has no training samples for this run's modalities")
-        # seeded by (run seed, round, site): a round replays exactly, which makes resume bit-identical
+            raise DataError(f"site {self.name} has no training samples for this run's modalities")
+        # seeded by (run seed, round, site): a non-DP round replays exactly, which makes resume
+        # bit-identical. DP sampling and noise never come from this seed (mmfed.privacy.randomness).
         seed = zlib.crc32(f"{cfg.seed}:{server_round}:{self.name}".encode())
         seed_everything(seed)
         set_weights(self.model, weights)
@@ -192,6 +222,8 @@ class SiteRuntime:
     def _fit_private(
         self, weights: list, cfg: FederationConfig, server_round: int, run_id: str, budget: SiteBudget
     ) -> tuple[list, int, dict[str, Any]]:
+        """A DP round. What leaves the site (README, "What the server learns"): the noised update, the
+        public size as FedAvg weight, and the ε bookkeeping; train loss and accuracy stay in the site log."""
         proposal = Proposal(
             noise_multiplier=cfg.noise_multiplier,
             target_epsilon=cfg.target_epsilon,
@@ -202,7 +234,8 @@ class SiteRuntime:
             modalities=self.model_cfg.modalities,
         )
         with budget.exclusive():
-            plan = budget.plan(proposal, len(self.train))
+            plan = budget.plan(proposal, self.public_examples(budget))
+            randomness = fresh_randomness(budget.policy.secure_rng, self.device)
             start = time.perf_counter()
             fit, history = train_private(
                 self.model,
@@ -212,10 +245,10 @@ class SiteRuntime:
                 optimizer=cfg.optimizer,
                 noise_multiplier=plan.noise_multiplier,
                 max_grad_norm=plan.max_grad_norm,
-                batch_size=cfg.batch_size,
-                epochs=cfg.local_epochs,
+                geometry=plan.geometry,
                 history=plan.history,
                 device=self.device,
+                randomness=randomness,
                 grad_sample_mode=cfg.grad_sample_mode,
             )
             seconds = time.perf_counter() - start
@@ -229,28 +262,74 @@ class SiteRuntime:
                 extra={
                     "model_hash": config_hash(self.model_cfg),
                     "run_config_hash": cfg.identity_hash(),
+                    "randomness": randomness.name,
                     "versions": library_versions(),
                 },
             )
-        metrics = {
-            "site": self.name,
-            "loss": fit.loss,
-            "accuracy": fit.accuracy,
-            "train_seconds": seconds,
-            **{
-                k: entry[k]
-                for k in ("epsilon_prv", "epsilon_rdp", "delta", "noise_multiplier", "sample_rate", "steps")
-            },
-        }
+        sitelog.record(
+            self.home, "released", run_id=run_id, round=server_round, loss=fit.loss, accuracy=fit.accuracy,
+            examples=len(self.train), public_examples=plan.geometry.public_examples, train_seconds=seconds,
+            epsilon_prv=entry["epsilon_prv"],
+        )  # fmt: skip
+        metrics = {"site": self.name, **{k: entry[k] for k in DP_METRICS}}
         if entry["max_epsilon"] is not None:
             metrics["max_epsilon"] = entry["max_epsilon"]
-        return update, len(self.train), metrics
+        return update, plan.geometry.public_examples, metrics
 
-    def evaluate(self, weights: list) -> tuple[float, int, dict[str, Any]]:
+    def evaluate(
+        self, weights: list, cfg: FederationConfig, config: dict[str, Any]
+    ) -> tuple[float, int, dict[str, Any]]:
+        """Loss and accuracy of `weights` on the site's test split. Under DP only when the site's policy
+        allows it, for the run it joined, while it is not out of budget; the example count is rounded."""
+        if self.private(cfg):
+            self.check_evaluation(cfg, str(config.get("run-id", "")))
+        result = self.test_metrics(weights)
+        if self.private(cfg):
+            return (
+                result.loss,
+                rounded_size(result.examples),
+                {"site": self.name, "accuracy": result.accuracy},
+            )
+        return result.loss, result.examples, {"site": self.name, "accuracy": result.accuracy}
+
+    def test_metrics(self, weights: list) -> Metrics:
         set_weights(self.model, weights)
         self.model.to(self.device)
-        result = evaluate(self.model, self.loader(self.test, 256, False, 0), self.device)
-        return result.loss, result.examples, {"site": self.name, "accuracy": result.accuracy}
+        return evaluate(self.model, self.loader(self.test, 256, False, 0), self.device)
+
+    def check_evaluation(self, cfg: FederationConfig, run_id: str) -> None:
+        """Refusal unless this site may evaluate the run's model now (see evaluate)."""
+        budget = self.budget(cfg)
+        assert budget is not None
+        if not self._current_policy(budget).allow_evaluation:
+            raise Refusal("evaluation", f"site {self.name}: allow_evaluation is false in the site policy")
+        fits = sitelog.fits(self.home, run_id) if run_id else []
+        if not any(f["event"] == "released" for f in fits):
+            raise Refusal(
+                "evaluation", f"site {self.name}: has not trained in run {run_id or '(none given)'}"
+            )
+        if fits[-1].get("code") == "budget":
+            raise Refusal("evaluation", f"site {self.name}: out of privacy budget in run {run_id}")
+
+    def evaluation_sums(self, weights: list, cfg: FederationConfig) -> np.ndarray:
+        """Under secure aggregation the site's evaluation of the model it receives travels inside the
+        masked update, so the server learns only sums over sites: (loss sum, correct, test examples).
+        It leaves only with this round's update (a refused round sends nothing), so the one check here is
+        the policy's allow_evaluation; zeros when it is false (the site adds nothing to the sums)."""
+        budget = self.budget(cfg)
+        if budget is not None and not self._current_policy(budget).allow_evaluation:
+            return np.zeros(3)
+        result = self.test_metrics(weights)
+        return np.asarray([result.loss * result.examples, result.accuracy * result.examples, result.examples])
+
+    def _current_policy(self, budget: SiteBudget) -> SitePolicy:
+        if (self.home / POLICY_FILE).exists():  # the site may change it any time
+            budget.policy = load_policy(self.home / POLICY_FILE)
+        return budget.policy
+
+
+# what a DP release carries besides the update: the ε bookkeeping and the public geometry
+DP_METRICS = ("epsilon_prv", "epsilon_rdp", "delta", "noise_multiplier", "sample_rate", "steps")
 
 
 def library_versions() -> dict[str, str]:
@@ -305,7 +384,11 @@ def load_site(cfg: FederationConfig, node_config: dict[str, Any]) -> SiteRuntime
         key = (cfg.identity_hash(), int(node_config["partition-id"]), int(node_config["num-partitions"]))
     if key in _RUNTIMES:
         _RUNTIMES.move_to_end(key)
-        return _RUNTIMES[key]
+        runtime = _RUNTIMES[key]
+        home = site_home(cfg, node_config, runtime.name)  # the run dir is not in the key: follow it
+        if home != runtime.home:
+            runtime.home, runtime._budget = home, None
+        return runtime
     if site_dir:
         # the run's labels, modalities and tensor settings, exactly as the server built the model from
         # them; the site's own manifest supplies the samples (a modality it lacks is simply absent)

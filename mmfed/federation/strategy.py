@@ -86,6 +86,7 @@ class MMFedAvg(FedAvg):
         self._round_start = time.perf_counter()
         self._fit_summary: dict[str, Any] = {}
         self._group_examples: dict[str, int] = {}
+        self._secure_eval: np.ndarray | None = None  # SecAgg+: (loss sum, correct, examples) over sites
 
     def _round(self, server_round: int) -> int:
         return self.offset + server_round
@@ -118,12 +119,12 @@ class MMFedAvg(FedAvg):
             if "refused" in res.metrics:  # the site's policy said no: non-participation, not a failure
                 reason = str(res.metrics["refused"])
                 log.warning("round %d: site %s refused: %s", rnd, site, reason)
-                rows.append({**base, "status": "refused", "reason": reason})
+                rows.append({**base, "status": "refused", "reason": reason, "code": res.metrics.get("code")})
                 continue
             if "error" in res.metrics:
                 reason = str(res.metrics["error"])
                 log.warning("round %d: site %s failed: %s", rnd, site, reason)
-                rows.append({**base, "status": "failed", "reason": reason})
+                rows.append({**base, "status": "failed", "reason": reason, "code": res.metrics.get("code")})
                 continue
             encoded = parameters_to_ndarrays(res.parameters)
             update, _, problem = split_site_update(encoded, self.groups)
@@ -171,8 +172,11 @@ class MMFedAvg(FedAvg):
         mean = None
         if results:
             encoded = parameters_to_ndarrays(results[0][1].parameters)
-            if len(encoded) == len(self.groups) + 1:
-                mean = self._decode(encoded, sum(r.num_examples for _, r in results))
+            total = sum(r.num_examples for _, r in results)
+            if len(encoded) == len(self.groups) + 2:
+                # the last vector: the sites' evaluation of the model they received, as sums (client.fit)
+                self._secure_eval = np.asarray(encoded[-1], dtype=np.float64) * total
+                mean = self._decode(encoded[:-1], total)
             else:
                 mean = encoded  # fails the check below, which names the array count
         if mean is not None:
@@ -191,6 +195,7 @@ class MMFedAvg(FedAvg):
         for reason in dict.fromkeys(_failure_reason(f) for f in failures):  # SecAgg+ may repeat one
             status = "refused" if "Refusal" in reason else "failed"
             log.warning("round %d: a site %s: %s", rnd, status, reason)
+            found = re.search(r"(?:refused|failed) \(([\w-]+)\)", reason)
             rows.append(
                 {
                     "round": rnd,
@@ -198,6 +203,7 @@ class MMFedAvg(FedAvg):
                     "kind": "fit",
                     "status": status,
                     "reason": reason,
+                    "code": found.group(1) if found else None,
                 }
             )
         return rows
@@ -237,7 +243,8 @@ class MMFedAvg(FedAvg):
             (w + d).astype(np.float32) if np.issubdtype(w.dtype, np.floating) else w
             for w, d in zip(self.weights, mean, strict=True)
         ]
-        done = [r for r in rows if r["status"] == "accepted"]
+        # DP sites keep their train metrics in their own log (mmfed.federation.sitelog): not averaged here
+        done = [r for r in rows if r["status"] == "accepted" and "loss" in r]
         fit_metrics = {
             "train_loss": _weighted([(r["examples"], r["loss"]) for r in done]),
             "train_accuracy": _weighted([(r["examples"], r["accuracy"]) for r in done]),
@@ -252,7 +259,17 @@ class MMFedAvg(FedAvg):
     def configure_evaluate(self, server_round: int, parameters: Parameters, client_manager: ClientManager):
         if self.stopped:
             return []
-        return super().configure_evaluate(server_round, parameters, client_manager)
+        if self.cfg.secure_aggregation:
+            # no plain evaluate messages: they would reveal each site's test metrics. The sites' evaluation
+            # of round r's model arrives, summed, with round r + 1's masked updates.
+            self._log_global(self._round(server_round), [], 0, self._secure_eval)
+            self._secure_eval = None
+            return []
+        instructions = super().configure_evaluate(server_round, parameters, client_manager)
+        for _, ins in instructions:
+            ins.config["server-round"] = self._round(server_round)
+            ins.config["run-id"] = self.run_id
+        return instructions
 
     def evaluate(self, server_round: int, parameters: Parameters):
         """Server-side test set (when configured); also runs at round 0 on the initial model."""
@@ -264,33 +281,52 @@ class MMFedAvg(FedAvg):
 
     def aggregate_evaluate(self, server_round: int, results, failures):
         rnd = self._round(server_round)
-        rows = [
-            {
-                "round": rnd,
-                "site": str(res.metrics.get("site", proxy.cid)),
-                "kind": "evaluate",
-                "loss": res.loss,
-                "accuracy": float(res.metrics.get("accuracy", float("nan"))),
-                "examples": res.num_examples,
-            }
-            for proxy, res in sorted(results, key=lambda r: str(r[1].metrics.get("site", r[0].cid)))
-        ]
-        total = sum(r["examples"] for r in rows)
+        rows, declined = [], 0
+        for proxy, res in sorted(results, key=lambda r: str(r[1].metrics.get("site", r[0].cid))):
+            site = str(res.metrics.get("site", proxy.cid))
+            if "refused" in res.metrics or "error" in res.metrics:  # the site's policy or a failure
+                declined += 1
+                reason = str(res.metrics.get("refused", res.metrics.get("error")))
+                rows.append({"round": rnd, "site": site, "kind": "evaluate-declined",
+                             "reason": reason, "code": res.metrics.get("code")})  # fmt: skip
+                continue
+            rows.append({"round": rnd, "site": site, "kind": "evaluate", "loss": res.loss,
+                         "accuracy": float(res.metrics.get("accuracy", float("nan"))),
+                         "examples": res.num_examples})  # fmt: skip
+        glob = self._log_global(rnd, rows, len(failures) + declined, None)
+        return glob["loss"], {"accuracy": glob["accuracy"]}
+
+    def _log_global(
+        self, rnd: int, rows: list[dict[str, Any]], eval_failed: int, sums: np.ndarray | None
+    ) -> dict[str, Any]:
+        """The round's `global` row: the sites' evaluation (per site, or SecAgg+ `sums` of the previous
+        round's model), the fit summary and ε."""
+        scored = [r for r in rows if "examples" in r]
+        if sums is not None and sums[2] >= 0.5:
+            loss, accuracy, total = sums[0] / sums[2], sums[1] / sums[2], int(round(sums[2]))
+            evaluated = {"evaluated_model_round": rnd - 1}
+        else:
+            total = sum(r["examples"] for r in scored)
+            nan = float("nan")
+            loss = _weighted([(r["examples"], r["loss"]) for r in scored]) if total else nan
+            accuracy = _weighted([(r["examples"], r["accuracy"]) for r in scored]) if total else nan
+            evaluated = {}
         glob = {
             "round": rnd,
             "kind": "global",
-            "accuracy": _weighted([(r["examples"], r["accuracy"]) for r in rows]) if total else float("nan"),
-            "loss": _weighted([(r["examples"], r["loss"]) for r in rows]) if total else float("nan"),
+            "accuracy": accuracy,
+            "loss": loss,
             "examples": total,
-            "sites_evaluated": len(rows),
-            "sites_eval_failed": len(failures),
+            "sites_evaluated": len(scored),
+            "sites_eval_failed": eval_failed,
+            **evaluated,
             **self._fit_summary,
             **self._epsilon_summary(),
             "seconds": time.perf_counter() - self._round_start,
         }
         self.run_dir.log([*rows, glob])
         self.on_round(glob)
-        return glob["loss"], {"accuracy": glob["accuracy"]}
+        return glob
 
     def _epsilon_summary(self) -> dict[str, Any]:
         if not self.site_epsilon:

@@ -28,6 +28,7 @@ from typing import Any
 from mmfed.errors import MMFedError
 from mmfed.privacy import accounting, keys, ledger
 from mmfed.privacy.accounting import History
+from mmfed.privacy.geometry import Geometry
 from mmfed.privacy.policy import POLICY_FILE, SitePolicy, load_policy
 
 LEDGER = "state/ledger.jsonl"
@@ -35,7 +36,27 @@ BUDGETS = "state/budget"
 
 
 class Refusal(MMFedError):
-    """The site declines this round; the message is the reason, sent to the server and logged."""
+    """The site declines this round. The message (which may name the site's own numbers) goes to the site's
+    log; the server gets only `code` and its generic sentence (REFUSALS)."""
+
+    def __init__(self, code: str, message: str):
+        self.code = code
+        super().__init__(message)
+
+
+# what the server is told, per refusal code: which setting of the proposal to change, no site numbers
+REFUSALS = {
+    "no-dp": "the run proposes no differential privacy and this site's policy requires it",
+    "modality": "the run trains a modality this site's policy does not allow",
+    "clipping": "the proposed max-grad-norm is above this site's max_clipping_norm",
+    "sample-rate": "the proposed batch size samples more than this site's max_sample_rate per step",
+    "noise": "the proposed noise multiplier is below this site's min_noise_multiplier",
+    "budget": "this round would take the site past its privacy budget (max_epsilon)",
+    "delta": "this site's delta is not below 1 / its public size",
+    "setting": "a proposed privacy setting is not a finite positive number",
+    "public-size": "this site declares no public size (privacy.public_examples in its site.toml)",
+    "evaluation": "this site does not evaluate this model (site policy)",
+}
 
 
 @dataclass(frozen=True)
@@ -58,20 +79,26 @@ class Proposal:
 @dataclass(frozen=True)
 class RoundPlan:
     noise_multiplier: float
-    sample_rate: float
-    steps: int
+    geometry: Geometry
     max_grad_norm: float
     delta: float
     history: History  # before this round
     epsilon_prv: float  # cumulative, after this round
     epsilon_rdp: float
 
+    @property
+    def sample_rate(self) -> float:
+        return self.geometry.sample_rate
 
-def dp_geometry(records: int, batch_size: int, local_epochs: int) -> tuple[float, int]:
-    """(sample rate, steps per round) exactly as Opacus' DPDataLoader draws them: 1/len(loader) and
-    len(loader) Poisson batches per epoch."""
-    batches = max(math.ceil(records / batch_size), 1)
-    return 1.0 / batches, batches * local_epochs
+    @property
+    def steps(self) -> int:
+        return self.geometry.steps
+
+
+def dp_geometry(public_examples: int, batch_size: int, local_epochs: int) -> tuple[float, int]:
+    """(sample rate, steps per round) for a site of public size `public_examples` (mmfed.privacy.geometry)."""
+    geometry = Geometry(public_examples, batch_size, local_epochs)
+    return geometry.sample_rate, geometry.steps
 
 
 class SiteBudget:
@@ -143,61 +170,71 @@ class SiteBudget:
         )
 
     # -- the guard ---------------------------------------------------------------------------------
-    def plan(self, proposal: Proposal, records: int) -> RoundPlan:
-        """This round's DP parameters, or Refusal naming the rule the proposal breaks."""
+    def plan(self, proposal: Proposal, public_examples: int) -> RoundPlan:
+        """This round's DP parameters, or Refusal naming the rule the proposal breaks. Everything here is a
+        function of the proposal, the policy, the history and the public size: never of the records."""
         if (self.home / POLICY_FILE).exists():  # re-read every round: the site may tighten it any time
             self.policy = load_policy(self.home / POLICY_FILE)
         p = self.policy
         name = f"site {self.site}"
         cap = f"max_epsilon={p.max_epsilon:g}" if math.isfinite(p.max_epsilon) else ""
+        # the server's numbers are checked here too: the site never relies on the server's validation
+        for setting, value in (
+            ("noise-multiplier", proposal.noise_multiplier),
+            ("target-epsilon", proposal.target_epsilon),
+            ("max-grad-norm", proposal.max_grad_norm),
+        ):
+            if not (math.isfinite(value) and value >= 0) or (setting == "max-grad-norm" and value == 0):
+                raise Refusal("setting", f"{name}: the run proposes {setting}={value}; refused")
         if not proposal.private:
-            if math.isfinite(p.max_epsilon):
-                raise Refusal(
-                    f"{name}: the run proposes no differential privacy; this site's policy caps ε ({cap})"
-                )
-            raise Refusal(f"{name}: the run proposes no differential privacy")
+            raise Refusal("no-dp", f"{name}: the run proposes no differential privacy" + (
+                f"; this site's policy caps ε ({cap})" if cap else ""))  # fmt: skip
         outside = sorted(set(proposal.modalities) - set(p.allowed_modalities))
         if outside:
-            raise Refusal(
+            raise Refusal("modality",
                 f"{name}: modalities {outside} are not in this site's allowed_modalities "
                 f"{list(p.allowed_modalities)}"
-            )
+            )  # fmt: skip
         if proposal.max_grad_norm > p.max_clipping_norm:
-            raise Refusal(
+            raise Refusal("clipping",
                 f"{name}: clipping norm {proposal.max_grad_norm:g} is above "
                 f"max_clipping_norm={p.max_clipping_norm:g}"
-            )
-        sample_rate, steps = dp_geometry(records, proposal.batch_size, proposal.local_epochs)
-        if sample_rate > p.max_sample_rate:
-            raise Refusal(
-                f"{name}: batch size {proposal.batch_size} over {records} training records samples "
-                f"{sample_rate:.3g} of them per step, above max_sample_rate={p.max_sample_rate:g}; "
-                "propose a smaller batch size"
-            )
+            )  # fmt: skip
+        if not p.delta * public_examples < 1:
+            raise Refusal("delta",
+                f"{name}: δ={p.delta:g} is not below 1/{public_examples} (1 / the site's public size); "
+                "a δ that large allows releasing a record outright: lower privacy.delta in site.toml"
+            )  # fmt: skip
+        geometry = Geometry(public_examples, proposal.batch_size, proposal.local_epochs)
+        if geometry.sample_rate > p.max_sample_rate:
+            raise Refusal("sample-rate",
+                f"{name}: batch size {proposal.batch_size} over the public size {public_examples} samples "
+                f"{geometry.sample_rate:.3g} of the records per step, above max_sample_rate="
+                f"{p.max_sample_rate:g}; propose a smaller batch size"
+            )  # fmt: skip
         if proposal.noise_multiplier > 0:
             sigma = proposal.noise_multiplier
         else:
             sigma = accounting.noise_for_target(
-                proposal.target_epsilon, p.delta, sample_rate, steps * proposal.rounds
+                proposal.target_epsilon, p.delta, geometry.sample_rate, geometry.steps * proposal.rounds
             )
         if sigma < p.min_noise_multiplier:
-            raise Refusal(
+            raise Refusal("noise",
                 f"{name}: noise multiplier {sigma:.4g} is below "
                 f"min_noise_multiplier={p.min_noise_multiplier:g}"
-            )
+            )  # fmt: skip
         before = self.history()
-        after = accounting.compact([*before, (sigma, sample_rate, steps)])
+        after = accounting.compact([*before, (sigma, geometry.sample_rate, geometry.steps)])
         eps_prv = accounting.epsilon_prv(after, p.delta)
         if eps_prv > p.max_epsilon:
             spent = accounting.epsilon_prv(before, p.delta)
-            raise Refusal(
+            raise Refusal("budget",
                 f"{name}: this round would bring ε to {eps_prv:.3f} (PRV, δ={p.delta:g}), above {cap}; "
                 f"spent so far {spent:.3f}, remaining {max(p.max_epsilon - spent, 0):.3f}"
-            )
+            )  # fmt: skip
         return RoundPlan(
             noise_multiplier=sigma,
-            sample_rate=sample_rate,
-            steps=steps,
+            geometry=geometry,
             max_grad_norm=proposal.max_grad_norm,
             delta=p.delta,
             history=before,
@@ -226,6 +263,7 @@ class SiteBudget:
             "sample_rate": plan.sample_rate,
             "steps": plan.steps,
             "max_grad_norm": plan.max_grad_norm,
+            "public_examples": plan.geometry.public_examples,
             "delta": plan.delta,
             "epsilon_prv": plan.epsilon_prv,
             "epsilon_rdp": plan.epsilon_rdp,

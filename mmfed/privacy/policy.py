@@ -36,6 +36,16 @@ max_clipping_norm = {max_clipping_norm}
 max_sample_rate = {max_sample_rate}
 # Modalities a run may train on at this site.
 allowed_modalities = [{allowed}]
+# The site's public size: the number of training records it discloses. DP's sample rate, steps, noise
+# normaliser and the site's FedAvg weight follow from it, never from the exact count (which DP does not
+# protect). Round it (e.g. to two significant digits) and keep it when records are added or removed.
+{public_examples}
+# Draw DP noise and Poisson sampling from a ChaCha20 stream (cryptographically secure, with the
+# floating-point-attack guard) instead of torch's generator. Both are seeded afresh from the OS every round.
+secure_rng = {secure_rng}
+# Evaluate the run's global model on this site's test split and report loss / accuracy (not covered by
+# DP: they describe the test records). Under secure aggregation only their sum over sites is revealed.
+allow_evaluation = {allow_evaluation}
 """
 
 
@@ -47,6 +57,9 @@ class SitePolicy:
     max_clipping_norm: float = 10.0
     max_sample_rate: float = 0.25
     allowed_modalities: tuple[str, ...] = MODALITIES
+    public_examples: int = 0  # 0: not declared (a deployed site must declare it to train under DP)
+    secure_rng: bool = True
+    allow_evaluation: bool = True
     source: str = "(built-in default)"  # where it was read from, for messages
 
     def validate(self) -> None:
@@ -55,16 +68,23 @@ class SitePolicy:
         def bad(key: str, problem: str) -> ConfigError:
             return ConfigError(f"{where}: privacy.{key}", problem)
 
-        if not (0 < self.max_epsilon < math.inf):
+        if not (0 < self.max_epsilon < math.inf):  # also refuses NaN
             raise bad("max_epsilon", f"must be a finite number > 0, e.g. 8.0; got {self.max_epsilon}")
         if not 0 < self.delta < 1:
             raise bad("delta", f"must be in (0, 1), e.g. 1e-5; got {self.delta}")
-        if self.min_noise_multiplier < 0 or math.isnan(self.min_noise_multiplier):
-            raise bad("min_noise_multiplier", f"must be >= 0, got {self.min_noise_multiplier}")
-        if not self.max_clipping_norm > 0:
+        if not (0 <= self.min_noise_multiplier < math.inf):
+            raise bad(
+                "min_noise_multiplier", f"must be a finite number >= 0, got {self.min_noise_multiplier}"
+            )
+        if not self.max_clipping_norm > 0:  # inf: no cap (the run's own norm must still be finite)
             raise bad("max_clipping_norm", f"must be > 0, got {self.max_clipping_norm}")
         if not 0 < self.max_sample_rate <= 1:
             raise bad("max_sample_rate", f"must be in (0, 1], got {self.max_sample_rate}")
+        if self.public_examples < 0:
+            raise bad(
+                "public_examples",
+                f"must be a whole number >= 1 (0: not declared), got {self.public_examples}",
+            )
         unknown = [m for m in self.allowed_modalities if m not in MODALITIES]
         if unknown:
             raise bad("allowed_modalities", f"unknown {unknown}; use some of {list(MODALITIES)}")
@@ -77,6 +97,13 @@ class SitePolicy:
             max_clipping_norm=self.max_clipping_norm,
             max_sample_rate=self.max_sample_rate,
             allowed=", ".join(f'"{m}"' for m in self.allowed_modalities),
+            public_examples=(
+                f"public_examples = {self.public_examples}"
+                if self.public_examples
+                else "# public_examples = 450   (not declared: required to train under DP when deployed)"
+            ),
+            secure_rng=str(self.secure_rng).lower(),
+            allow_evaluation=str(self.allow_evaluation).lower(),
         )
 
 
@@ -106,6 +133,16 @@ def load_policy(path: str | Path) -> SitePolicy:
                     f"{path}: privacy.{key}", f'must be a list of names, e.g. ["image"]; got {value!r}'
                 )
             values[key] = tuple(value)
+        elif key in ("secure_rng", "allow_evaluation"):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{path}: privacy.{key}", f"must be true or false, got {value!r}")
+            values[key] = value
+        elif key == "public_examples":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(
+                    f"{path}: privacy.{key}", f"must be a whole number >= 1, e.g. 450; got {value!r}"
+                )
+            values[key] = value
         else:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ConfigError(f"{path}: privacy.{key}", f"must be a number, got {value!r}")

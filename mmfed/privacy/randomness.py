@@ -1,0 +1,102 @@
+"""The site's secret DP randomness: Poisson sampling and Gaussian noise, drawn fresh every round.
+
+The server knows the run seed, the round, the site's name and (for DP's sake) every record but one: if
+it also knew the generator's state it could replay a round and subtract the noise. So nothing here is
+ever seeded from the run: every round starts from the operating system's entropy (`os.urandom`).
+
+Two sources, chosen by the site's policy (`secure_rng`):
+- `TorchRandomness`: torch's generator (Philox/MT19937) seeded from 64 bits of OS entropy. Fresh and
+  secret, but not a cryptographic generator.
+- `ChaChaRandomness`: a ChaCha20 keystream (the `cryptography` package, key from OS entropy) turned into
+  uniforms, Gaussians by Box-Muller, and each noise value the sum of 4 such draws divided by 2. That
+  sum is the guard Opacus' `secure_mode` uses against floating-point attacks on the Gaussian sampler
+  (Holohan & Braghin 2021; Jin et al. 2021: 2n draws, n = 2); `secure_mode` itself needs torchcsprng,
+  which has no build for current torch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import torch
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+# Gaussians summed per noise value (2n with n = 2, as Opacus' secure_mode): complexity of the
+# floating-point attack grows from 2^53 to 2^159
+GUARD_DRAWS = 4
+
+
+class DPRandomness:
+    """What DP-SGD draws: a Poisson sample of record indices, and Gaussian noise."""
+
+    name = ""
+
+    def poisson_indices(self, records: int, rate: float) -> list[int]:
+        """Indices of the records this step samples: each independently with probability `rate`."""
+        raise NotImplementedError
+
+    def normal(self, numel: int, std: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """`numel` independent N(0, std²) values (a flat tensor on `device`)."""
+        raise NotImplementedError
+
+
+class TorchRandomness(DPRandomness):
+    name = "torch"
+
+    def __init__(self, device: torch.device):
+        seeds = np.frombuffer(os.urandom(16), dtype=np.uint64)
+        self._cpu = torch.Generator().manual_seed(int(seeds[0] >> np.uint64(1)))
+        if device.type == "cpu":
+            self._noise = self._cpu
+        else:
+            self._noise = torch.Generator(device=device).manual_seed(int(seeds[1] >> np.uint64(1)))
+
+    def poisson_indices(self, records: int, rate: float) -> list[int]:
+        mask = torch.rand(records, generator=self._cpu) < rate
+        return mask.nonzero().reshape(-1).tolist()
+
+    def normal(self, numel: int, std: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        return torch.normal(0.0, std, (numel,), generator=self._noise, device=device, dtype=dtype)
+
+
+class ChaChaRandomness(DPRandomness):
+    name = "chacha20"
+
+    def __init__(self, device: torch.device):
+        del device  # drawn on the CPU (the keystream is), moved to the device once per step
+        # 256-bit key and 128-bit initial counter+nonce from the OS; one keystream per round
+        cipher = Cipher(algorithms.ChaCha20(os.urandom(32), os.urandom(16)), mode=None)
+        self._stream = cipher.encryptor()
+
+    def _words(self, count: int, dtype: type) -> torch.Tensor:
+        size = np.dtype(dtype).itemsize
+        return torch.from_numpy(np.frombuffer(self._stream.update(bytes(size * count)), dtype=dtype).copy())
+
+    def uniform(self, count: int) -> torch.Tensor:
+        """`count` float64 uniforms on (0, 1): 53 keystream bits each, plus half a step (never 0 or 1)."""
+        top = torch.bitwise_right_shift(self._words(count, np.int64), 11) & ((1 << 53) - 1)
+        return top.to(torch.float64).add_(0.5).mul_(2.0**-53)
+
+    def poisson_indices(self, records: int, rate: float) -> list[int]:
+        return (self.uniform(records) < rate).nonzero().reshape(-1).tolist()
+
+    def standard_normal(self, count: int) -> torch.Tensor:
+        """`count` float32 N(0, 1) by Box-Muller. The radius' uniform has 53 bits (so the tail reaches
+        8.6σ, not the 5.9σ of a 24-bit uniform); the angle's 24 bits are float32's full precision."""
+        pairs = (count + 1) // 2
+        radius = self.uniform(pairs).to(torch.float32).log_().mul_(-2.0).sqrt_()
+        angle = torch.bitwise_right_shift(self._words(pairs, np.int32), 8) & ((1 << 24) - 1)
+        angle = angle.to(torch.float32).add_(0.5).mul_(2.0 * math.pi * 2.0**-24)
+        return torch.cat((radius * torch.cos(angle), radius * torch.sin(angle)))[:count]
+
+    def normal(self, numel: int, std: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        draws = self.standard_normal(GUARD_DRAWS * numel).view(GUARD_DRAWS, numel)
+        # the sum of 4 N(0, 1) is N(0, 4): halve it
+        return draws.sum(0).mul_(std / 2.0).to(device=device, dtype=dtype)
+
+
+def fresh_randomness(secure: bool, device: torch.device) -> DPRandomness:
+    """A new, secret source for one round: ChaCha20 when `secure`, else torch's generator."""
+    return ChaChaRandomness(device) if secure else TorchRandomness(device)

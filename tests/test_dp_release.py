@@ -1,0 +1,281 @@
+"""What a DP site releases, tried as the server would: its noise is fresh and secret, and nothing else it
+sends depends on the records (neighbouring datasets N and N-1 send identical values besides the update)."""
+
+import math
+import os
+import shutil
+import stat
+
+import numpy as np
+import pytest
+import torch
+
+from mmfed.federation import sitelog
+from mmfed.federation.client import SiteClient
+from mmfed.federation.config import FederationConfig
+from mmfed.federation.params import get_weights
+from mmfed.federation.site import federation_scenario
+from mmfed.models import build_model
+from mmfed.privacy import keys
+from mmfed.privacy.budget import LEDGER, Proposal, Refusal, SiteBudget
+from mmfed.privacy.geometry import Geometry, rounded_size
+from mmfed.privacy.policy import SitePolicy
+from mmfed.privacy.randomness import ChaChaRandomness, TorchRandomness, fresh_randomness
+from mmfed.train.dp import SecretPoissonBatches
+
+DP_KEYS = {"site", "epsilon_prv", "epsilon_rdp", "delta", "noise_multiplier", "sample_rate", "steps",
+           "max_epsilon"}  # fmt: skip
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    return FederationConfig(
+        scenario="synthetic",
+        sites=3,
+        samples_per_site=40,
+        modalities="image,audio",
+        rounds=3,
+        batch_size=8,
+        augment=False,
+        optimizer="sgd",
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        run_dir=str(tmp_path / "run"),
+    )
+
+
+@pytest.fixture
+def weights(cfg):
+    torch.manual_seed(0)
+    return get_weights(build_model(cfg.model_config(federation_scenario(cfg, build=False))))
+
+
+def deployed_site(tmp_path, where: str, drop_rows: int = 0, **policy) -> str:
+    """A copy of one synthetic site under tmp_path/where/hospital (every copy has the same name), set up
+    as `mmfed site init` would; `drop_rows` training rows removed from its manifest."""
+    from mmfed.data.scenarios.synthetic import synthetic_site
+
+    source = synthetic_site(tmp_path / "generated", 0, samples=40, modalities="image,audio")
+    site = tmp_path / where / "hospital"
+    shutil.copytree(source, site)
+    if drop_rows:
+        lines = (site / "manifest.csv").read_text().splitlines()
+        train = [i for i, line in enumerate(lines) if ",train," in line]
+        for i in reversed(train[-drop_rows:]):
+            del lines[i]
+        (site / "manifest.csv").write_text("\n".join(lines) + "\n")
+    values = {"max_epsilon": 50.0, "max_sample_rate": 1.0, "public_examples": 30, **policy}
+    (site / "site.toml").write_text(SitePolicy(**values).template())
+    keys.create_key(site)
+    return str(site)
+
+
+def fit(cfg, site: str, weights, round_=1, run_id="run-a"):
+    return SiteClient(cfg, {"site-dir": site}).fit(weights, {"server-round": round_, "run-id": run_id})
+
+
+def train_rows(site: str) -> int:
+    return sum(",train," in line for line in open(f"{site}/manifest.csv"))
+
+
+# -- secret, fresh randomness ------------------------------------------------------------------------
+def test_the_same_dp_round_twice_gives_different_updates_and_the_server_cannot_replay_it(
+    cfg, weights, tmp_path
+):
+    released, n, _ = fit(cfg, deployed_site(tmp_path, "site"), weights)
+    assert n == 30
+    # the server's replay: same run config (seed), same records, same code, same round, same site name
+    replay, _, _ = fit(cfg, deployed_site(tmp_path, "server-replay"), weights)
+    again, _, _ = fit(cfg, deployed_site(tmp_path, "site-again"), weights)
+    for other in (replay, again):
+        diffs = [float(np.max(np.abs(a - b))) for a, b in zip(released[:-1], other[:-1], strict=True)]
+        assert max(diffs) > 1e-3  # not a rounding difference: the noise itself differs
+
+
+def test_two_sites_with_the_same_name_and_size_draw_independent_noise(cfg, weights, tmp_path):
+    one, _, _ = fit(cfg, deployed_site(tmp_path, "a"), weights)
+    two, _, _ = fit(cfg, deployed_site(tmp_path, "b"), weights)
+    model = build_model(cfg.model_config(federation_scenario(cfg, build=False)))
+    trained = [p.requires_grad for p in model.state_dict(keep_vars=True).values()]
+    noised = [(a, b) for (a, b), t in zip(zip(one[:-1], two[:-1], strict=True), trained, strict=True) if t]
+    assert noised and not any(np.array_equal(a, b) for a, b in noised)  # before: all 230 were identical
+
+
+def test_fresh_randomness_never_repeats_and_chacha_noise_is_gaussian():
+    cpu = torch.device("cpu")
+    for secure in (False, True):
+        a, b = fresh_randomness(secure, cpu), fresh_randomness(secure, cpu)
+        assert not torch.equal(
+            a.normal(1000, 1.0, cpu, torch.float32), b.normal(1000, 1.0, cpu, torch.float32)
+        )
+        assert a.poisson_indices(1000, 0.5) != b.poisson_indices(1000, 0.5)
+    torch.manual_seed(0)  # the global generator (which the server can seed) plays no part
+    x = TorchRandomness(cpu).normal(10, 1.0, cpu, torch.float32)
+    torch.manual_seed(0)
+    assert not torch.equal(x, TorchRandomness(cpu).normal(10, 1.0, cpu, torch.float32))
+
+    source = ChaChaRandomness(cpu)
+    noise = source.normal(400_000, 2.5, cpu, torch.float32).double()
+    assert noise.dtype == torch.float64 and noise.numel() == 400_000
+    assert abs(float(noise.mean())) < 0.02 and abs(float(noise.std()) - 2.5) < 0.02
+    # shape: the share within 1σ / 2σ / 3σ of a normal (±0.3 points at this size)
+    for k, share in ((1, 0.6827), (2, 0.9545), (3, 0.9973)):
+        assert abs(float((noise.abs() < k * 2.5).double().mean()) - share) < 0.003
+    # 4th moment of a normal is 3σ^4 (a sum of uniforms or a wrong sum would miss it)
+    assert abs(float((noise / 2.5).pow(4).mean()) - 3.0) < 0.08
+    uniform = source.uniform(200_000)
+    assert float(uniform.min()) > 0 and float(uniform.max()) < 1 and abs(float(uniform.mean()) - 0.5) < 0.005
+    drawn = [len(source.poisson_indices(1000, 0.1)) for _ in range(200)]
+    assert abs(np.mean(drawn) - 100) < 2.5
+
+
+def test_the_site_policy_chooses_the_secure_source_and_the_ledger_records_it(cfg, weights, tmp_path):
+    secure_site = deployed_site(tmp_path, "secure")  # site.toml: secure_rng = true (the default)
+    fast_site = deployed_site(tmp_path, "fast", secure_rng=False)
+    for site, name in ((secure_site, "chacha20"), (fast_site, "torch")):
+        fit(cfg, site, weights)
+        entry = [line for line in open(f"{site}/{LEDGER}")][-1]
+        assert f'"randomness":"{name}"' in entry.replace(" ", "")
+
+
+# -- nothing data-dependent leaves the site ----------------------------------------------------------
+@pytest.mark.parametrize("secure", [False, True], ids=["plain", "secagg"])
+def test_neighbouring_datasets_send_identical_values_besides_the_update(cfg, weights, tmp_path, secure):
+    cfg = cfg.replace(secure_aggregation=secure, secagg_clipping_range=8.0)
+    full, smaller = deployed_site(tmp_path, "D"), deployed_site(tmp_path, "D-minus-one", drop_rows=1)
+    assert train_rows(full) == train_rows(smaller) + 1
+    sent = {}
+    for name, site in (("D", full), ("D'", smaller)):
+        update, examples, metrics = fit(cfg, site, weights)
+        sent[name] = ([u.shape for u in update], update[-2 if secure else -1], examples, metrics)
+        assert set(metrics) == DP_KEYS  # the exact set of keys a DP site sends
+        assert len(update) == len(weights) + (2 if secure else 1)  # + coverage (+ evaluation sums)
+    shapes, coverage, examples, metrics = sent["D"]
+    assert shapes == sent["D'"][0] and examples == sent["D'"][2] == 30
+    assert np.array_equal(coverage, sent["D'"][1]) and set(coverage.tolist()) <= {0.0, 1.0}
+    assert metrics == sent["D'"][3]  # even the ε bookkeeping: it follows from the public size
+    # evaluation of the same weights: the test records are the same, the count is rounded
+    if not secure:
+        scores = [
+            SiteClient(cfg, {"site-dir": s}).evaluate(weights, {"run-id": "run-a"}) for s in (full, smaller)
+        ]
+        assert scores[0] == scores[1] and scores[0][1] == rounded_size(scores[0][1])
+
+
+def test_the_geometry_is_identical_for_n_and_n_minus_one_and_matches_opacus_for_every_size():
+    for n in (450, 451, 452, 1234, 99_999):
+        assert Geometry(rounded_size(n), 64, 2) == Geometry(rounded_size(n - 1), 64, 2)
+    assert [rounded_size(n) for n in (1, 44, 449, 1234, 0)] == [1, 44, 450, 1200, 1]
+    # the plan's steps are the sampler's: Opacus takes q = 1/len(loader) and one step per batch drawn
+    from torch.utils.data import DataLoader
+
+    for public in [*range(1, 200, 7), 744, 1000, 4097, 200_000]:
+        for batch in (1, 7, 8, 32, 64, 1000):
+            geometry = Geometry(public, batch, 3)
+            sampler = SecretPoissonBatches(
+                5, geometry.sample_rate, geometry.batches_per_epoch, TorchRandomness(torch.device("cpu"))
+            )
+            loader = DataLoader(range(5), batch_sampler=sampler)
+            assert 1 / len(loader) == geometry.sample_rate
+            assert len(loader) * 3 == geometry.steps
+            assert geometry.expected_batch_size == pytest.approx(public * geometry.sample_rate)
+
+
+def test_a_dp_round_takes_exactly_the_planned_steps_for_sizes_where_the_old_plan_did_not(
+    cfg, weights, tmp_path
+):
+    """N = 744, B = 8 planned 93 steps and Opacus took 92: every release was withheld."""
+    site = deployed_site(tmp_path, "s", public_examples=744, delta=1e-6)
+    update, examples, metrics = fit(cfg.replace(local_epochs=1), site, weights)
+    assert update and examples == 744 and metrics["steps"] == 93 and metrics["sample_rate"] == 1 / 93
+
+
+def test_errors_reach_the_server_as_a_code_and_the_site_log_keeps_the_detail(
+    cfg, weights, tmp_path, monkeypatch, caplog
+):
+    from mmfed.federation import site as site_mod
+
+    secret = "PATIENT Jane Doe, born 1957-03-02, MRN 0042"
+
+    def crash(self, *args, **kwargs):
+        note = secret  # a local holding a record, as a real crash would
+        raise ValueError(f"could not tokenise note {note!r}")
+
+    monkeypatch.setattr(site_mod.SiteRuntime, "fit", crash)
+    site = deployed_site(tmp_path, "crash")
+    update, examples, metrics = fit(cfg, site, weights)
+    assert update == [] and examples == 0 and metrics["code"] == "internal"
+    assert "Jane" not in str(metrics) and site not in str(metrics)
+    assert "Jane" not in caplog.text  # the site's console: the type and where the details are
+    log_path = f"{site}/{sitelog.LOG}"
+    assert "Jane Doe" in open(log_path).read()  # the site's own log has it all
+    assert stat.S_IMODE(os.stat(log_path).st_mode) == 0o600
+
+
+def test_refusals_say_which_rule_without_the_sites_numbers(cfg, weights, tmp_path):
+    site = deployed_site(tmp_path, "r", max_epsilon=0.5)
+    _, examples, metrics = fit(cfg, site, weights)
+    assert examples == 0 and metrics["code"] == "budget" and "max_epsilon" in metrics["refused"]
+    assert "0.5" not in metrics["refused"]
+    assert "0.5" in open(f"{site}/{sitelog.LOG}").read()
+
+
+# -- evaluation ---------------------------------------------------------------------------------------
+def test_a_dp_site_evaluates_only_the_run_it_joined_and_only_when_its_policy_allows(cfg, weights, tmp_path):
+    site = deployed_site(tmp_path, "e")
+    client = SiteClient(cfg, {"site-dir": site})
+    loss, n, metrics = client.evaluate(weights, {"run-id": "run-a"})
+    assert n == 0 and metrics["code"] == "evaluation"  # not joined yet
+    fit(cfg, site, weights, run_id="run-a")
+    loss, n, metrics = client.evaluate(weights, {"run-id": "run-a"})
+    assert n > 0 and math.isfinite(loss) and set(metrics) == {"site", "accuracy"}
+    _, n, metrics = client.evaluate(weights, {"run-id": "another-run"})
+    assert n == 0 and metrics["code"] == "evaluation"
+    closed = deployed_site(tmp_path, "closed", allow_evaluation=False)
+    fit(cfg, closed, weights, run_id="run-a")
+    _, n, metrics = SiteClient(cfg, {"site-dir": closed}).evaluate(weights, {"run-id": "run-a"})
+    assert n == 0 and metrics["code"] == "evaluation"
+
+
+def test_a_site_out_of_budget_stops_evaluating(cfg, weights, tmp_path):
+    from mmfed.privacy import accounting
+
+    geometry = Geometry(30, cfg.batch_size, cfg.local_epochs)
+    one, two = (
+        accounting.epsilon_prv([(1.0, geometry.sample_rate, geometry.steps * k)], 1e-5) for k in (1, 2)
+    )
+    site = deployed_site(tmp_path, "cap", max_epsilon=(one + two) / 2)
+    client = SiteClient(cfg, {"site-dir": site})
+    assert fit(cfg, site, weights, round_=1)[1] == 30
+    assert client.evaluate(weights, {"run-id": "run-a"})[1] > 0
+    assert fit(cfg, site, weights, round_=2)[2]["code"] == "budget"
+    assert client.evaluate(weights, {"run-id": "run-a"})[2]["code"] == "evaluation"
+
+
+# -- the plan ----------------------------------------------------------------------------------------
+def test_the_plan_refuses_a_delta_not_below_one_over_the_public_size_and_nonfinite_proposals(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "site.toml").write_text(SitePolicy(delta=1e-3, max_sample_rate=1.0).template())
+    keys.create_key(home)
+    budget = SiteBudget(home, "fp", site="h")
+    offer = Proposal(1.0, 0.0, 1.0, 8, 1, 3, ("image",))
+    assert budget.plan(offer, public_examples=999).geometry.public_examples == 999
+    with pytest.raises(Refusal) as refused:
+        budget.plan(offer, public_examples=1000)
+    assert refused.value.code == "delta"
+    for bad in (
+        dict(noise_multiplier=math.nan),
+        dict(noise_multiplier=math.inf),
+        dict(max_grad_norm=math.nan),
+    ):
+        values = {**offer.__dict__, **bad}
+        with pytest.raises(Refusal) as refused:
+            budget.plan(Proposal(**values), public_examples=100)
+        assert refused.value.code == "setting"
+
+
+def test_a_deployed_site_without_a_public_size_refuses_to_train_under_dp(cfg, weights, tmp_path):
+    site = deployed_site(tmp_path, "nopublic", public_examples=0)
+    _, examples, metrics = fit(cfg, site, weights)
+    assert examples == 0 and metrics["code"] == "public-size"
