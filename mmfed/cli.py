@@ -661,6 +661,7 @@ def site_init(
 ) -> None:
     """Create the site's policy (site.toml) and ledger signing key; validate its manifest; say what next.
     Never overwrites: an existing policy or key is kept."""
+    from mmfed.config import MODALITIES
     from mmfed.privacy import keys
     from mmfed.privacy.geometry import rounded_size
     from mmfed.privacy.policy import POLICY_FILE, SitePolicy, load_policy
@@ -680,8 +681,14 @@ def site_init(
             policy = load_policy(policy_path)
         else:
             public = public_examples or rounded_size(train)
+            # the site's schema: the modalities any record has (declared once, not recounted each round)
+            held = tuple(m for m in MODALITIES if any(getattr(s, m) is not None for s in manifest.samples))
             policy = SitePolicy(
-                max_epsilon=max_epsilon, delta=delta, public_examples=public, source=str(policy_path)
+                max_epsilon=max_epsilon,
+                delta=delta,
+                public_examples=public,
+                held_modalities=held,
+                source=str(policy_path),
             )
             policy.validate()
             policy_path.write_text(policy.template())

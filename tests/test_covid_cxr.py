@@ -208,6 +208,7 @@ def test_deployed_hospitals_train_with_a_server_that_has_no_data(cxr, tmp_path):
     """Deployment: each hospital points its SuperNode at its own site directory; the server's run config
     names the scenario but no data folder, and the model is built from the scenario's description."""
     from mmfed.privacy import keys
+    from mmfed.privacy.geometry import rounded_size
     from mmfed.privacy.policy import SitePolicy
 
     hospitals = []
@@ -217,7 +218,13 @@ def test_deployed_hospitals_train_with_a_server_that_has_no_data(cxr, tmp_path):
             rows = list(csv.DictReader(open(copy / "manifest.csv")))
             (copy / "manifest.csv").unlink()
             write_manifest(copy, [{**r, "text": "", "tabular": ""} for r in rows])
-        (copy / "site.toml").write_text(SitePolicy(max_epsilon=8.0, max_sample_rate=1.0).template())
+        train = sum(r["split"] == "train" for r in csv.DictReader(open(copy / "manifest.csv")))
+        rows = list(csv.DictReader(open(copy / "manifest.csv")))
+        held = tuple(m for m in ("image", "text", "tabular") if any(r[m] for r in rows))
+        policy = SitePolicy(
+            max_epsilon=8.0, max_sample_rate=1.0, public_examples=rounded_size(train), held_modalities=held
+        )
+        (copy / "site.toml").write_text(policy.template())
         keys.create_key(copy)
         hospitals.append(copy)
     cfg = FederationConfig(

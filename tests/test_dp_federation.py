@@ -144,7 +144,9 @@ def test_deployed_sites_keep_budget_and_ledger_in_their_own_directory(cfg, tmp_p
     scenario = federation_scenario(cfg)  # the server's model shape: same generator, same classes
     sites = [synthetic_site(tmp_path / "hospital", i, samples=40, modalities="image,audio") for i in range(3)]
     for site in sites[:2]:  # `mmfed site init` done at two sites; the third never set up its privacy
-        policy = SitePolicy(max_epsilon=50.0, max_sample_rate=1.0, public_examples=30)
+        policy = SitePolicy(
+            max_epsilon=50.0, max_sample_rate=1.0, public_examples=30, held_modalities=("image", "audio")
+        )
         (site / "site.toml").write_text(policy.template())
         keys.create_key(site)
     assert scenario.labels

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import mmfed.federation.client as client_mod
 from mmfed.federation import sitelog
 from mmfed.federation.client import SiteClient
 from mmfed.federation.config import FederationConfig
@@ -50,9 +51,10 @@ def weights(cfg):
     return get_weights(build_model(cfg.model_config(federation_scenario(cfg, build=False))))
 
 
-def deployed_site(tmp_path, where: str, drop_rows: int = 0, **policy) -> str:
+def deployed_site(tmp_path, where: str, drop_rows: int = 0, audio_rows: int | None = None, **policy) -> str:
     """A copy of one synthetic site under tmp_path/where/hospital (every copy has the same name), set up
-    as `mmfed site init` would; `drop_rows` training rows removed from its manifest."""
+    as `mmfed site init` would; `drop_rows` training rows removed from its manifest; with `audio_rows`,
+    only the last that many training rows keep their audio."""
     from mmfed.data.scenarios.synthetic import synthetic_site
 
     source = synthetic_site(tmp_path / "generated", 0, samples=40, modalities="image,audio")
@@ -64,14 +66,33 @@ def deployed_site(tmp_path, where: str, drop_rows: int = 0, **policy) -> str:
         for i in reversed(train[-drop_rows:]):
             del lines[i]
         (site / "manifest.csv").write_text("\n".join(lines) + "\n")
-    values = {"max_epsilon": 50.0, "max_sample_rate": 1.0, "public_examples": 30, **policy}
+    if audio_rows is not None:
+        lines = (site / "manifest.csv").read_text().splitlines()
+        train = [i for i, line in enumerate(lines) if ",train," in line]
+        for i in train[: len(train) - audio_rows]:
+            cells = lines[i].split(",")
+            cells[4] = ""  # id,label,split,image,audio,...
+            lines[i] = ",".join(cells)
+        (site / "manifest.csv").write_text("\n".join(lines) + "\n")
+    values = {"max_epsilon": 50.0, "max_sample_rate": 1.0, "public_examples": 30,
+              "held_modalities": ("image", "audio"), **policy}  # fmt: skip
     (site / "site.toml").write_text(SitePolicy(**values).template())
     keys.create_key(site)
     return str(site)
 
 
 def fit(cfg, site: str, weights, round_=1, run_id="run-a"):
-    return SiteClient(cfg, {"site-dir": site}).fit(weights, {"server-round": round_, "run-id": run_id})
+    """What the site's ClientApp returns for a train message (inside SecAgg+'s mod when the run is secure:
+    the masking itself is Flower's; what matters here is what goes into it, and beside it)."""
+    token = client_mod._MASKED.set(cfg.secure_aggregation)
+    try:
+        return SiteClient(cfg, {"site-dir": site}).fit(weights, {"server-round": round_, "run-id": run_id})
+    finally:
+        client_mod._MASKED.reset(token)
+
+
+def evaluate(cfg, site: str, weights, round_=1, run_id="run-a"):
+    return SiteClient(cfg, {"site-dir": site}).evaluate(weights, {"server-round": round_, "run-id": run_id})
 
 
 def train_rows(site: str) -> int:
@@ -139,10 +160,19 @@ def test_the_site_policy_chooses_the_secure_source_and_the_ledger_records_it(cfg
 
 
 # -- nothing data-dependent leaves the site ----------------------------------------------------------
-@pytest.mark.parametrize("secure", [False, True], ids=["plain", "secagg"])
-def test_neighbouring_datasets_send_identical_values_besides_the_update(cfg, weights, tmp_path, secure):
+@pytest.mark.parametrize(
+    "secure, audio_rows",
+    [(False, None), (True, None), (False, 1)],
+    ids=["plain", "secagg", "the-only-audio-record"],
+)
+def test_neighbouring_datasets_send_identical_values_besides_the_update(
+    cfg, weights, tmp_path, secure, audio_rows
+):
+    """D' = D less one record. With audio_rows=1 that record is the only one with audio: the audio encoder
+    must still train (on noise) and keep its weight, or its presence would show."""
     cfg = cfg.replace(secure_aggregation=secure, secagg_clipping_range=8.0)
-    full, smaller = deployed_site(tmp_path, "D"), deployed_site(tmp_path, "D-minus-one", drop_rows=1)
+    full = deployed_site(tmp_path, "D", audio_rows=audio_rows)
+    smaller = deployed_site(tmp_path, "D-minus-one", drop_rows=1, audio_rows=0 if audio_rows else None)
     assert train_rows(full) == train_rows(smaller) + 1
     sent = {}
     for name, site in (("D", full), ("D'", smaller)):
@@ -152,13 +182,11 @@ def test_neighbouring_datasets_send_identical_values_besides_the_update(cfg, wei
         assert len(update) == len(weights) + (2 if secure else 1)  # + coverage (+ evaluation sums)
     shapes, coverage, examples, metrics = sent["D"]
     assert shapes == sent["D'"][0] and examples == sent["D'"][2] == 30
-    assert np.array_equal(coverage, sent["D'"][1]) and set(coverage.tolist()) <= {0.0, 1.0}
+    assert np.array_equal(coverage, sent["D'"][1]) and coverage.tolist() == [1.0, 1.0, 1.0]
     assert metrics == sent["D'"][3]  # even the ε bookkeeping: it follows from the public size
-    # evaluation of the same weights: the test records are the same, the count is rounded
+    # evaluation of the same weights: the test records are the same, the values are rounded
     if not secure:
-        scores = [
-            SiteClient(cfg, {"site-dir": s}).evaluate(weights, {"run-id": "run-a"}) for s in (full, smaller)
-        ]
+        scores = [evaluate(cfg, site, weights) for site in (full, smaller)]
         assert scores[0] == scores[1] and scores[0][1] == rounded_size(scores[0][1])
 
 
@@ -221,19 +249,22 @@ def test_refusals_say_which_rule_without_the_sites_numbers(cfg, weights, tmp_pat
 
 
 # -- evaluation ---------------------------------------------------------------------------------------
-def test_a_dp_site_evaluates_only_the_run_it_joined_and_only_when_its_policy_allows(cfg, weights, tmp_path):
+def test_a_dp_site_evaluates_once_per_round_it_released_and_only_when_its_policy_allows(
+    cfg, weights, tmp_path
+):
     site = deployed_site(tmp_path, "e")
-    client = SiteClient(cfg, {"site-dir": site})
-    loss, n, metrics = client.evaluate(weights, {"run-id": "run-a"})
-    assert n == 0 and metrics["code"] == "evaluation"  # not joined yet
+    loss, n, metrics = evaluate(cfg, site, weights)
+    assert n == 0 and metrics["code"] == "evaluation"  # no release in this run and round yet
     fit(cfg, site, weights, run_id="run-a")
-    loss, n, metrics = client.evaluate(weights, {"run-id": "run-a"})
+    loss, n, metrics = evaluate(cfg, site, weights)
     assert n > 0 and math.isfinite(loss) and set(metrics) == {"site", "accuracy"}
-    _, n, metrics = client.evaluate(weights, {"run-id": "another-run"})
-    assert n == 0 and metrics["code"] == "evaluation"
+    assert loss == round(loss, 3) and metrics["accuracy"] == round(metrics["accuracy"], 3)
+    # once per release: probing the test set again with other weights, run ids or rounds is refused
+    for again in (dict(), dict(run_id="another-run"), dict(round_=2)):
+        assert evaluate(cfg, site, weights, **again)[2]["code"] == "evaluation"
     closed = deployed_site(tmp_path, "closed", allow_evaluation=False)
     fit(cfg, closed, weights, run_id="run-a")
-    _, n, metrics = SiteClient(cfg, {"site-dir": closed}).evaluate(weights, {"run-id": "run-a"})
+    _, n, metrics = evaluate(cfg, closed, weights)
     assert n == 0 and metrics["code"] == "evaluation"
 
 
@@ -245,11 +276,58 @@ def test_a_site_out_of_budget_stops_evaluating(cfg, weights, tmp_path):
         accounting.epsilon_prv([(1.0, geometry.sample_rate, geometry.steps * k)], 1e-5) for k in (1, 2)
     )
     site = deployed_site(tmp_path, "cap", max_epsilon=(one + two) / 2)
-    client = SiteClient(cfg, {"site-dir": site})
     assert fit(cfg, site, weights, round_=1)[1] == 30
-    assert client.evaluate(weights, {"run-id": "run-a"})[1] > 0
+    assert evaluate(cfg, site, weights, round_=1)[1] > 0
     assert fit(cfg, site, weights, round_=2)[2]["code"] == "budget"
-    assert client.evaluate(weights, {"run-id": "run-a"})[2]["code"] == "evaluation"
+    assert evaluate(cfg, site, weights, round_=2)[2]["code"] == "evaluation"
+
+
+def test_the_server_announcing_secagg_but_sending_plain_messages_gets_nothing(cfg, weights, tmp_path):
+    site = deployed_site(tmp_path, "s")
+    reply = SiteClient(cfg.replace(secure_aggregation=True), {"site-dir": site}).fit(
+        weights, {"server-round": 1, "run-id": "run-a"}
+    )
+    assert reply[:2] == ([], 0) and reply[2]["code"] == "secure-aggregation"
+    assert not os.path.exists(f"{site}/{LEDGER}")  # nothing trained, nothing spent
+
+
+# -- data-dependent failures never abort a DP round ----------------------------------------------------
+def test_a_record_that_fails_to_load_or_gives_nan_contributes_nothing_instead_of_failing(
+    cfg, weights, tmp_path
+):
+    from mmfed.federation import site as site_mod
+
+    site = deployed_site(tmp_path, "bad", public_examples=30)
+    runtime = site_mod.load_site(cfg, {"site-dir": site})
+    real = type(runtime.train).__getitem__
+    broken = runtime.train.samples[0].id
+    poisoned = runtime.train.samples[1].id
+
+    def getitem(self, index):
+        sample = self.samples[index]
+        if sample.id == broken:
+            raise ValueError("unreadable file")  # e.g. a truncated PNG
+        item = real(self, index)
+        if sample.id == poisoned and "image" in item:
+            item["image"] = torch.full_like(item["image"], float("nan"))
+        return item
+
+    type(runtime.train).__getitem__ = getitem
+    try:
+        update, examples, metrics = fit(cfg.replace(local_epochs=8), site, weights)  # both get sampled
+    finally:
+        type(runtime.train).__getitem__ = real
+    assert examples == 30 and "code" not in metrics
+    assert all(np.all(np.isfinite(u)) for u in update)
+    (released,) = [e for e in sitelog.entries(site) if e["event"] == "released"]
+    assert released["records_failed"] == [broken]
+
+
+def test_a_dp_site_with_no_records_still_takes_its_noise_only_steps(cfg, weights, tmp_path):
+    site = deployed_site(tmp_path, "none", drop_rows=32)
+    assert train_rows(site) == 0
+    update, examples, metrics = fit(cfg, site, weights)
+    assert examples == 30 and "code" not in metrics and metrics["steps"] == Geometry(30, 8, 1).steps
 
 
 # -- the plan ----------------------------------------------------------------------------------------

@@ -186,7 +186,7 @@ def test_dp_training_steps_the_persisted_accountant_including_empty_batches():
     before = [p.detach().clone() for p in model.parameters()]
     # 3 records at batch 1: sample rate 1/3, 3 Poisson draws per epoch; over 8 epochs some draws are empty
     prior = [(2.0, 0.5, 7)]
-    _, history = train_private(
+    _, history, _ = train_private(
         model,
         items,
         collate,

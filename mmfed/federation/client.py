@@ -10,6 +10,7 @@ when the server actually speaks SecAgg+.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import traceback
 from pathlib import Path
@@ -29,6 +30,10 @@ from mmfed.federation.secure import check_range
 from mmfed.privacy.budget import REFUSALS, Refusal
 
 log = logging.getLogger("mmfed.site")
+
+# set while a train message really runs through secaggplus_mod: the site's own knowledge of whether its
+# reply is masked (the run config's secure-aggregation flag is only what the server says)
+_MASKED = contextvars.ContextVar("mmfed_secaggplus", default=False)
 
 
 def site_label(node_config: dict[str, Any]) -> str:
@@ -88,7 +93,11 @@ class SiteClient(NumPyClient):
         home = self._home(runtime)
         detail = "".join(traceback.format_exception(exc)) if code == "internal" else str(exc)
         if home is not None:
-            sitelog.record(home, "refused" if refused else "failed", code=code, message=detail, **where)
+            try:
+                sitelog.record(home, "refused" if refused else "failed", code=code, message=detail, **where)
+            except OSError as problem:  # a full disk must not turn into an error text with paths
+                log.error("site %s: could not write the site log: %s", name, problem)
+                home = None
         own = str(exc) if isinstance(exc, MMFedError) else f"{type(exc).__name__} (details in the site log)"
         where_log = f" [{home / sitelog.LOG}]" if home is not None else ""
         (log.warning if refused else log.error)("site %s: %s (%s): %s%s", name,
@@ -101,9 +110,15 @@ class SiteClient(NumPyClient):
         name = site_label(self.node_config)
         from mmfed.federation.site import load_site  # torch: only in the messages that train
 
-        secure = self.cfg.secure_aggregation
+        secure = _MASKED.get()
         runtime = None
         try:
+            if self.cfg.secure_aggregation and not secure:
+                # the server announced SecAgg+ but sent a plain message: a reply would not be masked
+                raise Refusal(
+                    "secure-aggregation",
+                    f"site {name}: the run config says secure aggregation but this message is not SecAgg+",
+                )
             runtime = load_site(self.cfg, self.node_config)
             name = runtime.name
             # SecAgg+: the site's evaluation of the model it receives travels in the masked sum
@@ -146,7 +161,11 @@ class SiteFailure(MMFedError):
 
 def maybe_secaggplus_mod(msg: Message, context: Context, call_next):
     if msg.metadata.message_type == MessageType.TRAIN and RECORD_KEY_CONFIGS in msg.content.config_records:
-        return secaggplus_mod(msg, context, call_next)
+        token = _MASKED.set(True)
+        try:
+            return secaggplus_mod(msg, context, call_next)
+        finally:
+            _MASKED.reset(token)
     return call_next(msg, context)
 
 

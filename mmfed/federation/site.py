@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 import zlib
 from collections import OrderedDict
@@ -105,8 +106,10 @@ class SiteRuntime:
     all_train: list[Sample]  # every training record, whatever the run's modalities: the budget's key
     home: Path  # the site's privacy home: site.toml, keys/, state/ (see mmfed.privacy.budget)
     deployed: bool  # a deployed site must have its own policy and key; a simulated one gets defaults
+    planned_modalities: tuple[str, ...] = ()  # simulation: the run's modalities less the plan's (public)
     model: torch.nn.Module = field(init=False)
     _budget: SiteBudget | None = field(init=False, default=None)
+    _held: tuple[str, ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:
         # one model object per process and config: every fit/evaluate overwrites all of its weights
@@ -127,12 +130,15 @@ class SiteRuntime:
     def parameter_groups(self) -> list[int]:
         return parameter_groups(list(self.model.state_dict()), self.model_cfg.modalities)
 
-    def _set_trainable(self, cfg: FederationConfig) -> None:
+    def _set_trainable(self, cfg: FederationConfig, held: tuple[str, ...] | None = None) -> None:
         """The model object is shared between sites, so this is set on every fit: an encoder is frozen when
         the run freezes encoders or when this site has no data for its modality (under DP it would
-        otherwise receive pure noise, and AdamW's weight decay would move it)."""
-        counts = self.group_examples()[1:]
-        absent = [m for m, n in zip(self.model_cfg.modalities, counts, strict=True) if not n]
+        otherwise receive pure noise, and AdamW's weight decay would move it). Under DP "has data" is the
+        site's declaration `held` (whether a count is zero depends on the records)."""
+        if held is None:
+            counts = self.group_examples()[1:]
+            held = tuple(m for m, n in zip(self.model_cfg.modalities, counts, strict=True) if n)
+        absent = [m for m in self.model_cfg.modalities if m not in held]
         frozen = ("encoders.",) if cfg.freeze_encoders else tuple(f"encoders.{m}." for m in absent)
         for name, param in self.model.named_parameters():
             param.requires_grad = name in self._trainable and not name.startswith(frozen)
@@ -170,10 +176,23 @@ class SiteRuntime:
 
     def release_group_examples(self, cfg: FederationConfig, examples: int) -> list[int]:
         """The per-encoder weights sent with an update. Under DP they follow from the public size and the
-        modalities the site holds (its schema), never from counts of records."""
+        modalities the site declares it holds, never from counts of records."""
         if not self.private(cfg):
             return self.group_examples()
-        return [examples, *(examples if n else 0 for n in self.group_examples()[1:])]
+        return [examples, *(examples if m in self._held else 0 for m in self.model_cfg.modalities)]
+
+    def held_modalities(self, budget: SiteBudget) -> tuple[str, ...]:
+        """The modalities a DP site declares it holds: its policy's held_modalities; in simulation, without
+        one, the run's modalities less the one the (seeded, public) missing-modality plan took away."""
+        if budget.policy.held_modalities:
+            return tuple(m for m in self.model_cfg.modalities if m in budget.policy.held_modalities)
+        if self.deployed:
+            raise Refusal(
+                "held-modalities",
+                f"site {self.name}: {self.home / POLICY_FILE} declares no privacy.held_modalities; list the "
+                'modalities this site\'s records have (e.g. ["image", "text"])',
+            )
+        return self.planned_modalities
 
     def public_examples(self, budget: SiteBudget) -> int:
         """The size the site discloses: its policy's public_examples; in simulation, without one, N rounded
@@ -195,18 +214,18 @@ class SiteRuntime:
 
         With a privacy budget: DP-SGD under the site's policy; raises Refusal (nothing trained, nothing
         recorded) when the proposal breaks it."""
+        budget = self.budget(cfg)
+        if budget is not None:
+            return self._fit_private(weights, cfg, server_round, run_id, budget)
         if not len(self.train):
             raise DataError(f"site {self.name} has no training samples for this run's modalities")
         # seeded by (run seed, round, site): a non-DP round replays exactly, which makes resume
-        # bit-identical. DP sampling and noise never come from this seed (mmfed.privacy.randomness).
+        # bit-identical. DP rounds never use it (see _fit_private).
         seed = zlib.crc32(f"{cfg.seed}:{server_round}:{self.name}".encode())
         seed_everything(seed)
         set_weights(self.model, weights)
         self.model.to(self.device)
         self._set_trainable(cfg)
-        budget = self.budget(cfg)
-        if budget is not None:
-            return self._fit_private(weights, cfg, server_round, run_id, budget)
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = make_optimizer(cfg.optimizer, params, cfg.round_lr(server_round))
         loader = self.loader(self.train, cfg.batch_size, True, seed)
@@ -233,11 +252,19 @@ class SiteRuntime:
             rounds=cfg.rounds,
             modalities=self.model_cfg.modalities,
         )
+        # every random draw of a DP round is secret: augmentation, modality dropout and model dropout too
+        # (how much of a known stream they use depends on which records were sampled)
+        seed_everything(int.from_bytes(os.urandom(4), "little"))
+        set_weights(self.model, weights)
+        self.model.to(self.device)
         with budget.exclusive():
+            self._current_policy(budget)
+            self._held = self.held_modalities(budget)
+            self._set_trainable(cfg, self._held)
             plan = budget.plan(proposal, self.public_examples(budget))
             randomness = fresh_randomness(budget.policy.secure_rng, self.device)
             start = time.perf_counter()
-            fit, history = train_private(
+            fit, history, failed = train_private(
                 self.model,
                 self.train,
                 self.collate,
@@ -270,6 +297,7 @@ class SiteRuntime:
             self.home, "released", run_id=run_id, round=server_round, loss=fit.loss, accuracy=fit.accuracy,
             examples=len(self.train), public_examples=plan.geometry.public_examples, train_seconds=seconds,
             epsilon_prv=entry["epsilon_prv"],
+            records_failed=sorted(self.train.samples[i].id for i in failed),
         )  # fmt: skip
         metrics = {"site": self.name, **{k: entry[k] for k in DP_METRICS}}
         if entry["max_epsilon"] is not None:
@@ -279,37 +307,42 @@ class SiteRuntime:
     def evaluate(
         self, weights: list, cfg: FederationConfig, config: dict[str, Any]
     ) -> tuple[float, int, dict[str, Any]]:
-        """Loss and accuracy of `weights` on the site's test split. Under DP only when the site's policy
-        allows it, for the run it joined, while it is not out of budget; the example count is rounded."""
-        if self.private(cfg):
-            self.check_evaluation(cfg, str(config.get("run-id", "")))
+        """Loss and accuracy of `weights` on the site's test split. Under DP only as check_evaluation
+        allows, with the values rounded."""
+        if not self.private(cfg):
+            result = self.test_metrics(weights)
+            return result.loss, result.examples, {"site": self.name, "accuracy": result.accuracy}
+        run_id, server_round = str(config.get("run-id", "")), int(config.get("server-round", -1))
+        self.check_evaluation(cfg, run_id, server_round)
         result = self.test_metrics(weights)
-        if self.private(cfg):
-            return (
-                result.loss,
-                rounded_size(result.examples),
-                {"site": self.name, "accuracy": result.accuracy},
-            )
-        return result.loss, result.examples, {"site": self.name, "accuracy": result.accuracy}
+        sitelog.record(self.home, "evaluated", run_id=run_id, round=server_round, loss=result.loss,
+                       accuracy=result.accuracy, examples=result.examples)  # fmt: skip
+        # rounded: exact values would tell the exact test count (accuracy = correct / count)
+        metrics = {"site": self.name, "accuracy": round(result.accuracy, 3)}
+        return round(result.loss, 3), rounded_size(result.examples), metrics
 
     def test_metrics(self, weights: list) -> Metrics:
         set_weights(self.model, weights)
         self.model.to(self.device)
         return evaluate(self.model, self.loader(self.test, 256, False, 0), self.device)
 
-    def check_evaluation(self, cfg: FederationConfig, run_id: str) -> None:
-        """Refusal unless this site may evaluate the run's model now (see evaluate)."""
+    def check_evaluation(self, cfg: FederationConfig, run_id: str, server_round: int) -> None:
+        """Refusal unless this site may evaluate now: its policy allows it, and this is the model of a round
+        of this run that the site released an update for, evaluated once. So evaluations never outnumber
+        releases (and stop when the budget does), whatever weights or run ids the server sends."""
         budget = self.budget(cfg)
         assert budget is not None
         if not self._current_policy(budget).allow_evaluation:
             raise Refusal("evaluation", f"site {self.name}: allow_evaluation is false in the site policy")
-        fits = sitelog.fits(self.home, run_id) if run_id else []
-        if not any(f["event"] == "released" for f in fits):
+        done = sitelog.events(self.home, run_id, server_round)
+        if not any(e["event"] == "released" for e in done):
             raise Refusal(
-                "evaluation", f"site {self.name}: has not trained in run {run_id or '(none given)'}"
+                "evaluation", f"site {self.name}: released no update in run {run_id!r} round {server_round}"
             )
-        if fits[-1].get("code") == "budget":
-            raise Refusal("evaluation", f"site {self.name}: out of privacy budget in run {run_id}")
+        if any(e["event"] == "evaluated" for e in done):
+            raise Refusal(
+                "evaluation", f"site {self.name}: already evaluated run {run_id!r} round {server_round}"
+            )
 
     def evaluation_sums(self, weights: list, cfg: FederationConfig) -> np.ndarray:
         """Under secure aggregation the site's evaluation of the model it receives travels inside the
@@ -342,6 +375,16 @@ _MODELS: dict[tuple, tuple[torch.nn.Module, set[str]]] = {}
 # a simulation process serves many sites in turn: keep the few most recent, not all of them
 _RUNTIMES: OrderedDict[tuple, SiteRuntime] = OrderedDict()
 MAX_CACHED_SITES = 8
+
+
+def planned_modalities(
+    cfg: FederationConfig, modalities: tuple[str, ...], partition_id: int, num_partitions: int
+) -> tuple[str, ...]:
+    """What a simulated site holds by the run's seeded missing-modality plan (public, like the config)."""
+    if not cfg.missing_modality_rate:
+        return tuple(modalities)
+    plan = missing_modality_plan(num_partitions, cfg.missing_modality_rate, modalities, seed=cfg.seed)
+    return tuple(m for m in modalities if m != plan.get(partition_id))
 
 
 def site_home(cfg: FederationConfig, node_config: dict[str, Any], name: str) -> Path:
@@ -419,6 +462,7 @@ def load_site(cfg: FederationConfig, node_config: dict[str, Any]) -> SiteRuntime
         all_train=[s for s in samples if s.split == "train"],
         home=site_home(cfg, node_config, name),
         deployed=bool(site_dir),
+        planned_modalities=() if site_dir else planned_modalities(cfg, model_cfg.modalities, key[1], key[2]),
     )
     _RUNTIMES[key] = runtime
     while len(_RUNTIMES) > MAX_CACHED_SITES:

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 LOG = "state/site-log.jsonl"
-FIT_EVENTS = ("released", "refused", "failed")
 
 
 def record(home: Path, event: str, **fields: Any) -> None:
@@ -36,6 +35,6 @@ def entries(home: Path) -> list[dict[str, Any]]:
     return out
 
 
-def fits(home: Path, run_id: str) -> list[dict[str, Any]]:
-    """The site's training outcomes in run `run_id` (released, refused or failed), oldest first."""
-    return [e for e in entries(home) if e.get("event") in FIT_EVENTS and e.get("run_id") == run_id]
+def events(home: Path, run_id: str, server_round: int) -> list[dict[str, Any]]:
+    """What the site logged for round `server_round` of run `run_id`, oldest first."""
+    return [e for e in entries(home) if e.get("run_id") == run_id and e.get("round") == server_round]

@@ -54,6 +54,8 @@ REFUSALS = {
     "budget": "this round would take the site past its privacy budget (max_epsilon)",
     "delta": "this site's delta is not below 1 / its public size",
     "setting": "a proposed privacy setting is not a finite positive number",
+    "secure-aggregation": "the run announced secure aggregation but sent a plain message",
+    "held-modalities": "this site declares no held_modalities in its site.toml",
     "public-size": "this site declares no public size (privacy.public_examples in its site.toml)",
     "evaluation": "this site does not evaluate this model (site policy)",
 }

@@ -36,6 +36,9 @@ max_clipping_norm = {max_clipping_norm}
 max_sample_rate = {max_sample_rate}
 # Modalities a run may train on at this site.
 allowed_modalities = [{allowed}]
+# Modalities this site's records have (its schema, disclosed to the server). Under DP the site trains
+# and weights exactly these encoders: whether a count is zero depends on the records, so it never decides.
+{held_modalities}
 # The site's public size: the number of training records it discloses. DP's sample rate, steps, noise
 # normaliser and the site's FedAvg weight follow from it, never from the exact count (which DP does not
 # protect). Round it (e.g. to two significant digits) and keep it when records are added or removed.
@@ -57,6 +60,7 @@ class SitePolicy:
     max_clipping_norm: float = 10.0
     max_sample_rate: float = 0.25
     allowed_modalities: tuple[str, ...] = MODALITIES
+    held_modalities: tuple[str, ...] = ()  # empty: not declared (required under DP when deployed)
     public_examples: int = 0  # 0: not declared (a deployed site must declare it to train under DP)
     secure_rng: bool = True
     allow_evaluation: bool = True
@@ -85,9 +89,10 @@ class SitePolicy:
                 "public_examples",
                 f"must be a whole number >= 1 (0: not declared), got {self.public_examples}",
             )
-        unknown = [m for m in self.allowed_modalities if m not in MODALITIES]
-        if unknown:
-            raise bad("allowed_modalities", f"unknown {unknown}; use some of {list(MODALITIES)}")
+        for key in ("allowed_modalities", "held_modalities"):
+            unknown = [m for m in getattr(self, key) if m not in MODALITIES]
+            if unknown:
+                raise bad(key, f"unknown {unknown}; use some of {list(MODALITIES)}")
 
     def template(self) -> str:
         return TEMPLATE.format(
@@ -97,6 +102,11 @@ class SitePolicy:
             max_clipping_norm=self.max_clipping_norm,
             max_sample_rate=self.max_sample_rate,
             allowed=", ".join(f'"{m}"' for m in self.allowed_modalities),
+            held_modalities=(
+                "held_modalities = [" + ", ".join(f'"{m}"' for m in self.held_modalities) + "]"
+                if self.held_modalities
+                else '# held_modalities = ["image"]   (not declared: required under DP when deployed)'
+            ),
             public_examples=(
                 f"public_examples = {self.public_examples}"
                 if self.public_examples
@@ -127,7 +137,7 @@ def load_policy(path: str | Path) -> SitePolicy:
                 f"{path}: privacy.{key}",
                 "unknown key" + (f"; did you mean {hint[0]!r}?" if hint else f"; known: {sorted(known)}"),
             )
-        if key == "allowed_modalities":
+        if key in ("allowed_modalities", "held_modalities"):
             if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
                 raise ConfigError(
                     f"{path}: privacy.{key}", f'must be a list of names, e.g. ["image"]; got {value!r}'

@@ -75,16 +75,17 @@ class ChaChaRandomness(DPRandomness):
         return torch.from_numpy(np.frombuffer(self._stream.update(bytes(size * count)), dtype=dtype).copy())
 
     def uniform(self, count: int) -> torch.Tensor:
-        """`count` float64 uniforms on (0, 1): 53 keystream bits each, plus half a step (never 0 or 1)."""
-        top = torch.bitwise_right_shift(self._words(count, np.int64), 11) & ((1 << 53) - 1)
-        return top.to(torch.float64).add_(0.5).mul_(2.0**-53)
+        """`count` float64 uniforms on (0, 1): 52 keystream bits each plus half a step, which float64 holds
+        exactly (never 0 or 1)."""
+        top = torch.bitwise_right_shift(self._words(count, np.int64), 12) & ((1 << 52) - 1)
+        return top.to(torch.float64).add_(0.5).mul_(2.0**-52)
 
     def poisson_indices(self, records: int, rate: float) -> list[int]:
         return (self.uniform(records) < rate).nonzero().reshape(-1).tolist()
 
     def standard_normal(self, count: int) -> torch.Tensor:
-        """`count` float32 N(0, 1) by Box-Muller. The radius' uniform has 53 bits (so the tail reaches
-        8.6σ, not the 5.9σ of a 24-bit uniform); the angle's 24 bits are float32's full precision."""
+        """`count` float32 N(0, 1) by Box-Muller. The radius' uniform has 52 bits (so the tail reaches
+        8.5σ, not the 5.9σ of a 24-bit uniform); the angle's 24 bits are float32's full precision."""
         pairs = (count + 1) // 2
         radius = self.uniform(pairs).to(torch.float32).log_().mul_(-2.0).sqrt_()
         angle = torch.bitwise_right_shift(self._words(pairs, np.int32), 8) & ((1 << 24) - 1)

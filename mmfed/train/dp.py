@@ -66,6 +66,41 @@ def _secret_noise(optimizer, randomness: DPRandomness) -> None:
         _mark_as_processed(p.summed_grad)
 
 
+class GuardedRecords(Dataset):
+    """A record that fails to load contributes nothing to its step instead of failing the round: the
+    failure would happen only in the rounds that sample it, telling the server it is there."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+        self.failed: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        try:
+            return self.dataset[index]
+        except Exception:  # noqa: BLE001 - any per-record failure is data-dependent (see above)
+            self.failed.add(index)
+            return None
+
+
+def _zero_nonfinite(params: list) -> None:
+    """A non-finite per-sample gradient would make the whole clipped sum NaN (0 x inf), again only when
+    that record is sampled: its non-finite entries count as 0, so each record still adds at most C."""
+    for p in params:
+        if getattr(p, "grad_sample", None) is not None:
+            torch.nan_to_num_(p.grad_sample, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def use_secret_noise(optimizer, randomness: DPRandomness, expected_batch_size: float) -> None:
+    """Make an Opacus DPOptimizer draw its noise from `randomness` and normalise the noisy sum by the
+    public expected batch size (Opacus would divide by int(len(dataset) * q), its issue #819: a function
+    of the exact N)."""
+    optimizer.expected_batch_size = expected_batch_size
+    optimizer.add_noise = lambda: _secret_noise(optimizer, randomness)
+
+
 def train_private(
     model: nn.Module,
     dataset: Dataset,
@@ -80,8 +115,9 @@ def train_private(
     device: torch.device,
     randomness: DPRandomness,
     grad_sample_mode: str = DEFAULT_GRAD_SAMPLE_MODE,
-) -> tuple[Metrics, History]:
-    """Train `model` in place; returns (training metrics, the accountant's history after the round).
+) -> tuple[Metrics, History, set[int]]:
+    """Train `model` in place; returns (training metrics, the accountant's history after the round, the
+    indices of records that failed to load and so contributed nothing).
 
     The geometry comes from the site's public size, never from len(dataset): sample rate, steps and the
     normaliser of the noisy sum (expected batch size) are the same for neighbouring datasets. Sampling
@@ -90,7 +126,10 @@ def train_private(
     params = [p for p in model.parameters() if p.requires_grad]
     base_optimizer = make_optimizer(optimizer, params, lr)
     batches = SecretPoissonBatches(len(dataset), geometry.sample_rate, geometry.batches_per_epoch, randomness)
-    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate)
+    records = GuardedRecords(dataset)
+    loader = DataLoader(
+        records, batch_sampler=batches, collate_fn=lambda items: collate([i for i in items if i is not None])
+    )
     with warnings.catch_warnings():
         # Opacus warns that torch's PRNG is not a CSPRNG: it draws nothing here (see mmfed.privacy.randomness)
         warnings.simplefilter("ignore")
@@ -106,9 +145,7 @@ def train_private(
             poisson_sampling=False,
             grad_sample_mode=grad_sample_mode,
         )
-    # Opacus would divide by int(len(dataset) * q) (its issue #819), a function of the exact N
-    private_opt.expected_batch_size = geometry.expected_batch_size
-    private_opt.add_noise = lambda: _secret_noise(private_opt, randomness)
+    use_secret_noise(private_opt, randomness, geometry.expected_batch_size)
     tally = _Tally()
     try:
         for _ in range(geometry.local_epochs):
@@ -121,11 +158,17 @@ def train_private(
                         p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
                     private_opt.step()
                     continue
-                train_step(private_model, batch_to(batch, device), private_opt, tally)
+                train_step(
+                    private_model,
+                    batch_to(batch, device),
+                    private_opt,
+                    tally,
+                    lambda: _zero_nonfinite(params),
+                )
     finally:
         if hasattr(private_model, "_close"):
             private_model._close()  # hooks mode: take Opacus' hooks off the shared model
         for p in params:
             p.grad_sample = None
             p.grad = None
-    return tally.result(), [tuple(h) for h in engine.accountant.state_dict()["history"]]
+    return tally.result(), [tuple(h) for h in engine.accountant.state_dict()["history"]], records.failed

@@ -91,16 +91,27 @@ def train_epoch(
 
 
 def train_step(
-    model: nn.Module, batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, tally
+    model: nn.Module,
+    batch: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    tally,
+    sanitize: Callable[[], None] | None = None,
 ) -> None:
-    """Forward, cross-entropy, backward, step (gradients already zeroed); counts the batch in `tally`."""
+    """Forward, cross-entropy, backward, step (gradients already zeroed); counts the batch in `tally`.
+
+    `sanitize` (DP): runs between backward and step, and a non-finite loss does not abort the round —
+    whether it happens depends on which records were sampled, so stopping would leak it."""
     logits = forward_batch(model, batch)
     loss = F.cross_entropy(logits, batch["label"])
-    if not torch.isfinite(loss):
+    finite = bool(torch.isfinite(loss))
+    if not finite and sanitize is None:
         raise FloatingPointError("training loss became NaN/inf; lower the learning rate (--lr)")
     loss.backward()
+    if sanitize is not None:
+        sanitize()
     optimizer.step()
-    tally.add(logits, batch["label"], loss)
+    if finite:
+        tally.add(logits, batch["label"], loss)
 
 
 @torch.no_grad()
