@@ -502,7 +502,9 @@ def simulate(
         bar.update(task, completed=row["round"])
         bar.console.print(
             f"round {row['round']:>3}  accuracy {row['accuracy']:7.2%}  loss {row['loss']:.4f}  "
-            f"sites {row.get('sites_accepted', 0)}/{cfg.sites}"
+            # SecAgg+: the sites' summed evaluation arrives a round late (README, "What the server learns")
+            + (f"(model {row['evaluated_model_round']})  " if "evaluated_model_round" in row else "")
+            + f"sites {row.get('sites_accepted', 0)}/{cfg.sites}"
             + (f" ({row['sites_rejected']} rejected)" if row.get("sites_rejected") else "")
             + (f" ({row['sites_failed']} failed)" if row.get("sites_failed") else "")
             + (f" ({row['sites_refused']} refused)" if row.get("sites_refused") else "")

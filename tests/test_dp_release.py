@@ -353,7 +353,15 @@ def test_the_plan_refuses_a_delta_not_below_one_over_the_public_size_and_nonfini
         assert refused.value.code == "setting"
 
 
-def test_a_deployed_site_without_a_public_size_refuses_to_train_under_dp(cfg, weights, tmp_path):
-    site = deployed_site(tmp_path, "nopublic", public_examples=0)
+@pytest.mark.parametrize(
+    "missing, code",
+    [({"public_examples": 0}, "public-size"), ({"held_modalities": ()}, "held-modalities")],
+    ids=["public-size", "held-modalities"],
+)
+def test_a_deployed_site_must_declare_what_it_discloses_to_train_under_dp(
+    cfg, weights, tmp_path, missing, code
+):
+    site = deployed_site(tmp_path, "undeclared", **missing)
     _, examples, metrics = fit(cfg, site, weights)
-    assert examples == 0 and metrics["code"] == "public-size"
+    assert examples == 0 and metrics["code"] == code
+    assert not os.path.exists(f"{site}/{LEDGER}")

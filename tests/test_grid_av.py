@@ -195,6 +195,7 @@ def test_grid_av_federation_trains_video_audio_and_text_under_dp(grid_data, tmp_
     from safetensors.numpy import load_file
 
     from mmfed.audit.check import audit_ledger
+    from mmfed.federation import sitelog
     from mmfed.federation.config import FederationConfig
     from mmfed.privacy.budget import LEDGER
 
@@ -225,8 +226,10 @@ def test_grid_av_federation_trains_video_audio_and_text_under_dp(grid_data, tmp_
     rows = [json.loads(x) for x in open(tmp_path / "run" / "metrics.jsonl")]
     fits = [r for r in rows if r["kind"] == "fit"]
     assert len(fits) == 6 and all(r["status"] == "accepted" and r["epsilon_prv"] > 0 for r in fits)
-    assert all(np.isfinite(r["loss"]) for r in fits)
+    assert not any("loss" in r for r in fits)  # under DP the train loss stays at the site, in its log
     for site in summary["site_epsilon"]:
         home = tmp_path / "state" / site
+        released = [e for e in sitelog.entries(home) if e["event"] == "released"]
+        assert len(released) == 2 and all(np.isfinite(e["loss"]) for e in released)
         assert len(open(home / LEDGER).read().splitlines()) == 2
         assert audit_ledger(home / LEDGER, home).ok

@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 from mmfed.cli import app
 from mmfed.data.scenarios.synthetic import synthetic_site
 from mmfed.privacy import keys
+from mmfed.privacy.geometry import rounded_size
 from mmfed.privacy.policy import load_policy
 
 
@@ -17,6 +18,10 @@ def test_site_init_creates_policy_and_key_and_never_overwrites(tmp_path):
     assert result.exit_code == 0, result.output
     policy = load_policy(site / "site.toml")
     assert (policy.max_epsilon, policy.delta) == (5.0, 1e-6)
+    # what the site discloses is declared once, from the manifest: its size, rounded, and its schema
+    train = sum(",train," in line for line in open(site / "manifest.csv"))
+    assert policy.public_examples == rounded_size(train) and policy.held_modalities == ("image",)
+    assert policy.secure_rng and policy.allow_evaluation
     private = site / keys.PRIVATE_KEY
     assert stat.S_IMODE(private.stat().st_mode) == 0o600
     text = " ".join(result.output.split())
@@ -51,3 +56,13 @@ def test_site_init_reports_a_bad_manifest_and_a_missing_one(tmp_path):
     result = CliRunner().invoke(app, ["site", "init", "--dir", str(empty)])
     assert result.exit_code == 2 and "no manifest.csv" in result.output
     assert not (empty / "site.toml").exists()
+
+
+def test_site_init_public_examples_option_and_a_delta_too_large_for_it(tmp_path):
+    site = synthetic_site(tmp_path / "data", 2, samples=30, modalities="image")
+    result = CliRunner().invoke(
+        app, ["site", "init", "--dir", str(site), "--public-examples", "2000", "--delta", "1e-3"]
+    )
+    text = " ".join(result.output.split())
+    assert result.exit_code == 0 and load_policy(site / "site.toml").public_examples == 2000
+    assert "not below 1/2000" in text and "refuse DP rounds" in text

@@ -69,16 +69,26 @@ class ChaChaRandomness(DPRandomness):
         # 256-bit key and 128-bit initial counter+nonce from the OS; one keystream per round
         cipher = Cipher(algorithms.ChaCha20(os.urandom(32), os.urandom(16)), mode=None)
         self._stream = cipher.encryptor()
+        self._zeros = b""  # the plaintext (keystream = ChaCha20 of zeros), grown as needed
+        self._out: dict[int, bytearray] = {}  # one output buffer per size: a step draws the same sizes
 
-    def _words(self, count: int, dtype: type) -> torch.Tensor:
-        size = np.dtype(dtype).itemsize
-        return torch.from_numpy(np.frombuffer(self._stream.update(bytes(size * count)), dtype=dtype).copy())
+    def _words(self, count: int, dtype: torch.dtype) -> torch.Tensor:
+        """`count` fresh keystream words (a view of a reused buffer: consume before the next draw)."""
+        if count == 0:  # a site with no records still draws (nothing) for each step
+            return torch.empty(0, dtype=dtype)
+        size = count * (torch.finfo(dtype).bits if dtype.is_floating_point else torch.iinfo(dtype).bits) // 8
+        if len(self._zeros) < size:
+            self._zeros = bytes(size)
+        out = self._out.setdefault(size, bytearray(size))
+        self._stream.update_into(memoryview(self._zeros)[:size], out)
+        return torch.frombuffer(out, dtype=dtype, count=count)
 
     def uniform(self, count: int) -> torch.Tensor:
-        """`count` float64 uniforms on (0, 1): 52 keystream bits each plus half a step, which float64 holds
-        exactly (never 0 or 1)."""
-        top = torch.bitwise_right_shift(self._words(count, np.int64), 12) & ((1 << 52) - 1)
-        return top.to(torch.float64).add_(0.5).mul_(2.0**-52)
+        """`count` float64 uniforms on (0, 1): 52 keystream bits as the mantissa of a float in [1, 2), less
+        1 - 2^-53 (exact): (k + 0.5) / 2^52, never 0 or 1."""
+        words = self._words(count, torch.int64)
+        mantissa = torch.bitwise_right_shift(words, 12).bitwise_and_((1 << 52) - 1)
+        return mantissa.bitwise_or_(0x3FF0000000000000).view(torch.float64).sub_(1.0 - 2.0**-53)
 
     def poisson_indices(self, records: int, rate: float) -> list[int]:
         return (self.uniform(records) < rate).nonzero().reshape(-1).tolist()
@@ -88,7 +98,7 @@ class ChaChaRandomness(DPRandomness):
         8.5σ, not the 5.9σ of a 24-bit uniform); the angle's 24 bits are float32's full precision."""
         pairs = (count + 1) // 2
         radius = self.uniform(pairs).to(torch.float32).log_().mul_(-2.0).sqrt_()
-        angle = torch.bitwise_right_shift(self._words(pairs, np.int32), 8) & ((1 << 24) - 1)
+        angle = torch.bitwise_right_shift(self._words(pairs, torch.int32), 8).bitwise_and_((1 << 24) - 1)
         angle = angle.to(torch.float32).add_(0.5).mul_(2.0 * math.pi * 2.0**-24)
         return torch.cat((radius * torch.cos(angle), radius * torch.sin(angle)))[:count]
 
