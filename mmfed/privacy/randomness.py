@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 # Gaussians summed per noise value (2n with n = 2, as Opacus' secure_mode): complexity of the
 # floating-point attack grows from 2^53 to 2^159
 GUARD_DRAWS = 4
+CHUNK = 32_768  # noise values drawn at a time
 
 
 class DPRandomness:
@@ -103,9 +104,15 @@ class ChaChaRandomness(DPRandomness):
         return torch.cat((radius * torch.cos(angle), radius * torch.sin(angle)))[:count]
 
     def normal(self, numel: int, std: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        draws = self.standard_normal(GUARD_DRAWS * numel).view(GUARD_DRAWS, numel)
-        # the sum of 4 N(0, 1) is N(0, 4): halve it
-        return draws.sum(0).mul_(std / 2.0).to(device=device, dtype=dtype)
+        out = torch.empty(numel, dtype=torch.float32)
+        # in chunks: the temporaries of a whole model's draw (4 values each) would be fresh memory every
+        # step (page faults cost more than the arithmetic); a chunk's stay in cache
+        for start in range(0, numel, CHUNK):
+            size = min(CHUNK, numel - start)
+            draws = self.standard_normal(GUARD_DRAWS * size).view(GUARD_DRAWS, size)
+            # the sum of 4 N(0, 1) is N(0, 4): halve it
+            torch.sum(draws, 0, out=out[start : start + size])
+        return out.mul_(std / 2.0).to(device=device, dtype=dtype)
 
 
 def fresh_randomness(secure: bool, device: torch.device) -> DPRandomness:
