@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from mmfed.audit.check import audit_ledger, find_ledgers
 from mmfed.cli import app
+from mmfed.errors import MMFedError
 from mmfed.privacy import accounting, keys, ledger
 from mmfed.privacy.budget import LEDGER, Proposal, SiteBudget
 from mmfed.privacy.policy import SitePolicy
@@ -197,3 +198,48 @@ def test_a_site_that_changed_its_delta_still_verifies(tmp_path):
     result = audit_ledger(home / LEDGER, home, thorough=True)
     assert result.ok, result.problems
     assert any("different δ" in n for n in result.notes)
+
+
+# -- a lost key is never replaced silently (the forged-history attack) --------------------------------
+def test_a_site_that_lost_its_key_never_signs_again_with_a_new_one(tmp_path):
+    home = make_site(tmp_path, rounds=2)
+    public = (home / keys.PUBLIC_KEY).read_bytes()
+    (home / keys.PRIVATE_KEY).unlink()  # the attacker (or an accident) deletes the signing key
+    with pytest.raises(MMFedError, match="restore the private key"):
+        keys.create_key(home)
+    # a simulated site would make a key on first use: not while its ledger exists
+    (home / keys.PUBLIC_KEY).unlink()
+    with pytest.raises(MMFedError, match="restore the private key"):
+        SiteBudget(home, "sha256:" + "cd" * 32, site="h", simulated_policy=SitePolicy(max_epsilon=20.0))
+    assert not (home / keys.PRIVATE_KEY).exists()
+    (home / keys.PUBLIC_KEY).write_bytes(public)
+    # and `mmfed site init` after a lost key keeps the public key and says what to do
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "manifest.csv").write_text("id,label,split,image\n")
+    (site / "keys").mkdir()
+    (site / keys.PUBLIC_KEY).write_bytes(public)
+    result = CliRunner().invoke(app, ["site", "init", "--dir", str(site)])
+    assert result.exit_code == 2 and (site / keys.PUBLIC_KEY).read_bytes() == public
+    assert not (site / keys.PRIVATE_KEY).exists()
+
+
+def test_a_garbage_private_key_is_named_not_a_traceback(tmp_path):
+    keys.create_key(tmp_path)
+    (tmp_path / keys.PRIVATE_KEY).write_bytes(b"-----BEGIN PRIVATE KEY-----\nnot a key\n")
+    with pytest.raises(MMFedError, match="not a readable PEM private key"):
+        keys.load_private_key(tmp_path)
+
+
+def test_the_audit_flags_a_delta_not_below_one_over_the_public_size(tmp_path):
+    home = make_site(tmp_path, rounds=2)
+    lines = lines_of(home)
+    key = keys.load_private_key(home)
+    # an old entry written before the plan refused it: re-signed as the site would have
+    entry = json.loads(lines[0])
+    fields = {k: v for k, v in entry.items() if k not in ("index", "prev_hash", "key_id", "signature")}
+    fields["public_examples"] = round(1 / entry["delta"])
+    (home / LEDGER).unlink()
+    ledger.append(home / LEDGER, key, fields)
+    result = audit_ledger(home / LEDGER, None, public_key=home / keys.PUBLIC_KEY)
+    assert not result.ok and any("is not below 1/100000" in p for p in result.problems)

@@ -154,6 +154,12 @@ def _recompute(
     delta = group[-1]["delta"]
     if len(deltas) > 1:  # the site changed its policy's δ: each entry is checked at its own δ
         result.notes.append(f"data {fingerprint[:19]}: entries use different δ {sorted(deltas)}")
+    large = [e for e in group if e.get("public_examples") and e["delta"] * e["public_examples"] >= 1]
+    if large:  # δ ≥ 1/n allows releasing a record outright: the site's plan refuses it; flag old entries
+        e = large[0]
+        result.problems.append(
+            f"{_line(path, e)}: δ={e['delta']:g} is not below 1/{e['public_examples']} (1 / the public size)"
+        )
     orders = tuple(group[0].get("accountant", {}).get("rdp", {}).get("orders", accounting.RDP_ORDERS))
     alphas = np.asarray(orders, dtype=float)
     steps = np.asarray([e["steps"] for e in group], dtype=float)

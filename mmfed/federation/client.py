@@ -66,6 +66,8 @@ def failure_code(exc: BaseException) -> str:
         return "setup"
     if isinstance(exc, FloatingPointError):
         return "training"
+    if isinstance(exc, MMFedError):  # our own checks of the site's files (key, ledger, state)
+        return "setup"
     return "internal"
 
 

@@ -31,7 +31,7 @@ from mmfed.privacy.accounting import History
 from mmfed.privacy.geometry import Geometry
 from mmfed.privacy.policy import POLICY_FILE, SitePolicy, load_policy
 
-LEDGER = "state/ledger.jsonl"
+LEDGER = keys.LEDGER_FILE
 BUDGETS = "state/budget"
 
 

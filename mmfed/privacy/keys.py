@@ -22,11 +22,23 @@ def key_id(public: Ed25519PublicKey) -> str:
     return "ed25519:" + hashlib.sha256(raw).hexdigest()[:32]
 
 
+LEDGER_FILE = "state/ledger.jsonl"
+
+
 def create_key(home: Path) -> Ed25519PrivateKey:
-    """A new key under `home`; refuses to replace an existing one (its ledger would stop verifying)."""
+    """A new key under `home`; refuses to replace an existing one (its ledger would stop verifying), and
+    refuses to make one while the site has a public key or a ledger: the old key was lost, and a new key
+    signing on top of a ledger nobody can verify any more would let a forged history pass."""
     private_path, public_path = home / PRIVATE_KEY, home / PUBLIC_KEY
     if private_path.exists():
         raise MMFedError(f"{private_path} exists; keep it (the ledger is signed with it) — nothing changed")
+    ledger = home / LEDGER_FILE
+    if public_path.exists() or (ledger.exists() and ledger.stat().st_size):
+        raise MMFedError(
+            f"{private_path} is missing but this site already has "
+            f"{'a public key ' + str(public_path) if public_path.exists() else 'a ledger ' + str(ledger)}: "
+            "restore the private key from backup; a new key is never made silently (nothing changed)"
+        )
     private_path.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(private_path.parent, 0o700)
     key = Ed25519PrivateKey.generate()
@@ -54,7 +66,12 @@ def load_private_key(home: Path) -> Ed25519PrivateKey:
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         raise MMFedError(f"{path}: private key is readable by others (mode {mode:o}); run `chmod 600 {path}`")
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise MMFedError(
+            f"{path}: not a readable PEM private key ({type(exc).__name__}); restore it"
+        ) from None
     if not isinstance(key, Ed25519PrivateKey):
         raise MMFedError(f"{path}: not an Ed25519 private key")
     return key
