@@ -365,3 +365,36 @@ def test_a_deployed_site_must_declare_what_it_discloses_to_train_under_dp(
     _, examples, metrics = fit(cfg, site, weights)
     assert examples == 0 and metrics["code"] == code
     assert not os.path.exists(f"{site}/{LEDGER}")
+
+
+# -- the site's policy owns what concerns the site -----------------------------------------------------
+def test_the_server_cannot_switch_off_scrubbing_a_site_requires(cfg, tmp_path):
+    from mmfed.federation import site as site_mod
+
+    lax = cfg.replace(deidentify=False, mask_diagnosis=False)
+    strict = deployed_site(tmp_path, "strict", mask_diagnosis=True)  # deidentify = true: the template's
+    runtime = site_mod.load_site(lax, {"site-dir": strict})
+    spec = runtime.train.processors.spec.text
+    assert spec.deidentify and spec.mask_diagnosis
+    relaxed = deployed_site(tmp_path, "relaxed", deidentify=False)
+    spec = site_mod.load_site(lax, {"site-dir": relaxed}).train.processors.spec.text
+    assert not spec.deidentify and not spec.mask_diagnosis  # the site's own choice
+    spec = site_mod.load_site(cfg, {"site-dir": relaxed}).train.processors.spec.text
+    assert spec.deidentify  # ... and a run can always add protection
+
+
+def test_features_of_a_deployed_sites_records_stay_in_its_own_home(cfg, weights, tmp_path):
+    server_chosen = tmp_path / "server-chosen-cache"
+    site = deployed_site(tmp_path, "home")
+    fit(cfg.replace(cache_dir=str(server_chosen)), site, weights)
+    assert any((tmp_path / "home" / "hospital" / "cache" / "features").rglob("*"))
+    assert not (server_chosen / "features").exists()
+
+
+def test_a_site_requiring_secure_aggregation_refuses_plain_messages(cfg, weights, tmp_path):
+    site = deployed_site(tmp_path, "secagg-only", require_secure_aggregation=True)
+    _, examples, metrics = fit(cfg, site, weights)
+    assert examples == 0 and metrics["code"] == "secure-aggregation"
+    assert not os.path.exists(f"{site}/{LEDGER}")
+    update, examples, _ = fit(cfg.replace(secure_aggregation=True, secagg_clipping_range=8.0), site, weights)
+    assert update and examples == 30

@@ -123,6 +123,7 @@ class SiteClient(NumPyClient):
                 )
             runtime = load_site(self.cfg, self.node_config)
             name = runtime.name
+            runtime.check_secure_aggregation(self.cfg, secure)
             # SecAgg+: the site's evaluation of the model it receives travels in the masked sum
             sums = runtime.evaluation_sums(parameters, self.cfg) if secure else None
             update, examples, metrics = runtime.fit(parameters, self.cfg, server_round, run_id=run_id)

@@ -59,10 +59,15 @@ def federation_scenario(cfg: FederationConfig, build: bool = True) -> Scenario:
     return with_text_settings(scenario, cfg)
 
 
-def with_text_settings(scenario: Scenario, cfg: FederationConfig) -> Scenario:
-    """The run's de-identification and label-leak settings applied to the scenario's text spec."""
+def with_text_settings(
+    scenario: Scenario, cfg: FederationConfig, policy: SitePolicy | None = None
+) -> Scenario:
+    """The run's de-identification and label-leak settings applied to the scenario's text spec; a site's
+    policy can require either (the server's setting can only add protection, never take it away)."""
     text = dataclasses.replace(
-        scenario.spec.text, deidentify=cfg.deidentify, mask_diagnosis=cfg.mask_diagnosis
+        scenario.spec.text,
+        deidentify=cfg.deidentify or bool(policy and policy.deidentify),
+        mask_diagnosis=cfg.mask_diagnosis or bool(policy and policy.mask_diagnosis),
     )
     scenario.spec = dataclasses.replace(scenario.spec, text=text)
     return scenario
@@ -344,6 +349,16 @@ class SiteRuntime:
                 "evaluation", f"site {self.name}: already evaluated run {run_id!r} round {server_round}"
             )
 
+    def check_secure_aggregation(self, cfg: FederationConfig, masked: bool) -> None:
+        """Refusal when the site's policy requires SecAgg+ and this message is not SecAgg+."""
+        budget = self.budget(cfg)
+        if not masked and budget is not None and self._current_policy(budget).require_secure_aggregation:
+            raise Refusal(
+                "secure-aggregation",
+                f"site {self.name}: require_secure_aggregation is true in the site policy and this train "
+                "message is not SecAgg+",
+            )
+
     def evaluation_sums(self, weights: list, cfg: FederationConfig) -> np.ndarray:
         """Under secure aggregation the site's evaluation of the model it receives travels inside the
         masked update, so the server learns only sums over sites: (loss sum, correct, test examples).
@@ -438,15 +453,18 @@ def load_site(cfg: FederationConfig, node_config: dict[str, Any]) -> SiteRuntime
         scenario = federation_scenario(cfg, build=False)
         name = Path(site_dir).name
         samples = deployed_samples(Path(site_dir), scenario)
+        # features of the site's records stay in its own home (or where its node config says), never in
+        # a folder the server's run config names
+        cache = Path(str(node_config.get("cache-dir") or site_home(cfg, node_config, name) / "cache"))
     else:
         scenario = federation_scenario(cfg)
         name, samples = site_samples(cfg, scenario, key[1], key[2])
+        cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    home = site_home(cfg, node_config, name)
+    policy = load_policy(home / POLICY_FILE) if (home / POLICY_FILE).exists() else None
+    scenario = with_text_settings(scenario, cfg, policy)
     model_cfg = cfg.model_config(scenario)
-    processors = Processors(
-        scenario.spec,
-        model_cfg.modalities,
-        cache_dir=(Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()) / "features",
-    )
+    processors = Processors(scenario.spec, model_cfg.modalities, cache_dir=cache / "features")
     runtime = SiteRuntime(
         name=name,
         model_cfg=model_cfg,
@@ -460,7 +478,7 @@ def load_site(cfg: FederationConfig, node_config: dict[str, Any]) -> SiteRuntime
         collate=Collate(scenario.spec, model_cfg.modalities),
         device=select_device(cfg.device),
         all_train=[s for s in samples if s.split == "train"],
-        home=site_home(cfg, node_config, name),
+        home=home,
         deployed=bool(site_dir),
         planned_modalities=() if site_dir else planned_modalities(cfg, model_cfg.modalities, key[1], key[2]),
     )

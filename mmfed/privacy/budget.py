@@ -54,7 +54,7 @@ REFUSALS = {
     "budget": "this round would take the site past its privacy budget (max_epsilon)",
     "delta": "this site's delta is not below 1 / its public size",
     "setting": "a proposed privacy setting is not a finite positive number",
-    "secure-aggregation": "the run announced secure aggregation but sent a plain message",
+    "secure-aggregation": "this train message is not SecAgg+ (the run announced it, or the site requires it)",
     "held-modalities": "this site declares no held_modalities in its site.toml",
     "public-size": "this site declares no public size (privacy.public_examples in its site.toml)",
     "evaluation": "this site does not evaluate this model (site policy)",

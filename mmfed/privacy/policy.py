@@ -16,6 +16,13 @@ from mmfed.config import MODALITIES
 from mmfed.errors import ConfigError
 
 POLICY_FILE = "site.toml"
+BOOLEAN_KEYS = (
+    "secure_rng",
+    "allow_evaluation",
+    "require_secure_aggregation",
+    "deidentify",
+    "mask_diagnosis",
+)
 
 TEMPLATE = """\
 # mmfed site policy. This file belongs to the site: the server proposes, this file decides.
@@ -46,6 +53,12 @@ allowed_modalities = [{allowed}]
 # Draw DP noise and Poisson sampling from a ChaCha20 stream (cryptographically secure, with the
 # floating-point-attack guard) instead of torch's generator. Both are seeded afresh from the OS every round.
 secure_rng = {secure_rng}
+# Send updates only under secure aggregation (SecAgg+): refuse every plain train message.
+require_secure_aggregation = {require_secure_aggregation}
+# Scrub names, dates, ages, contacts, ids and hospitals from clinical text before the model reads it, and
+# (mask_diagnosis) mask diagnosis terms. A run can switch either on, never off, where the site requires it.
+deidentify = {deidentify}
+mask_diagnosis = {mask_diagnosis}
 # Evaluate the run's global model on this site's test split and report loss / accuracy (not covered by
 # DP: they describe the test records). Under secure aggregation only their sum over sites is revealed.
 allow_evaluation = {allow_evaluation}
@@ -64,6 +77,9 @@ class SitePolicy:
     public_examples: int = 0  # 0: not declared (a deployed site must declare it to train under DP)
     secure_rng: bool = True
     allow_evaluation: bool = True
+    require_secure_aggregation: bool = False
+    deidentify: bool = True
+    mask_diagnosis: bool = False
     source: str = "(built-in default)"  # where it was read from, for messages
 
     def validate(self) -> None:
@@ -114,6 +130,9 @@ class SitePolicy:
             ),
             secure_rng=str(self.secure_rng).lower(),
             allow_evaluation=str(self.allow_evaluation).lower(),
+            require_secure_aggregation=str(self.require_secure_aggregation).lower(),
+            deidentify=str(self.deidentify).lower(),
+            mask_diagnosis=str(self.mask_diagnosis).lower(),
         )
 
 
@@ -143,7 +162,7 @@ def load_policy(path: str | Path) -> SitePolicy:
                     f"{path}: privacy.{key}", f'must be a list of names, e.g. ["image"]; got {value!r}'
                 )
             values[key] = tuple(value)
-        elif key in ("secure_rng", "allow_evaluation"):
+        elif key in BOOLEAN_KEYS:
             if not isinstance(value, bool):
                 raise ConfigError(f"{path}: privacy.{key}", f"must be true or false, got {value!r}")
             values[key] = value
