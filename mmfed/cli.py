@@ -3,132 +3,30 @@
 from __future__ import annotations
 
 import csv
-import functools
 import io
-import os
-import sys
-import tempfile
 import time
-import traceback
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from rich.text import Text
 
 from mmfed.errors import MMFedError
+from mmfed.protected import manifest_files, refuse_cache_dir, refuse_protected
+from mmfed.screens import App, fail
 
 console = Console()
-err_console = Console(stderr=True)
 
 
-def _write_crash_log(exc: BaseException, command: str) -> Path | None:
-    """The traceback (no locals: they may hold records) in a file only this user can read."""
-    text = f"mmfed {command}, {time.strftime('%Y-%m-%d %H:%M:%S')}\n\n" + "".join(
-        traceback.format_exception(exc)
-    )
-    prefix = f"crash-{time.strftime('%Y%m%d-%H%M%S')}-"
-    try:
-        folder = Path.home() / ".mmfed" / "logs"
-        for part in (folder.parent, folder):
-            part.mkdir(mode=0o700, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=prefix, suffix=".log", dir=folder)  # mode 0600, unique
-    except (OSError, RuntimeError):  # no usable home directory: the temp directory, still 0600
-        try:
-            fd, name = tempfile.mkstemp(prefix=f"mmfed-{prefix}", suffix=".log")
-        except OSError:
-            return None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as fh:
-            fh.write(text)
-    except OSError:
-        return None
-    return Path(name)
-
-
-def _internal_error(exc: BaseException, command: str) -> None:
-    # the exception's text stays off the screen: it may quote a record (a decode error quotes the note)
-    log = _write_crash_log(exc, command)
-    where = f"details were written to {log}" if log else "no crash log could be written"
-    err_console.print(
-        f"mmfed: internal error ({type(exc).__name__}) in {command}; {where}",
-        markup=False,
-        highlight=False,
-        soft_wrap=True,
-    )
-
-
-def _guarded(command):
-    """Whatever escapes a command becomes one line: never a traceback, never the locals of one."""
-
-    @functools.wraps(command)
-    def run(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
-            raise  # typer.Exit and usage errors: click prints and exits
-        except MMFedError as exc:
-            _fail(exc)
-        except KeyboardInterrupt:
-            err_console.print("interrupted", highlight=False)
-            raise typer.Exit(130) from None
-        except OSError as exc:
-            if exc.filename is None:
-                _internal_error(exc, _command_name(command))
-                raise typer.Exit(1) from None
-            # a file the user named (or a run directory) that cannot be read or written
-            _fail(MMFedError(f"{exc.filename}: {exc.strerror or 'cannot be used'}"))
-        except Exception as exc:  # noqa: BLE001 - the one place every other error ends up
-            _internal_error(exc, _command_name(command))
-            raise typer.Exit(1) from None
-
-    return run
-
-
-def _command_name(command) -> str:
-    ctx = click.get_current_context(silent=True)
-    return " ".join(ctx.command_path.split()[1:]) if ctx else command.__name__
-
-
-class _App(typer.Typer):
-    """typer.Typer whose commands are all guarded, and whose pretty tracebacks never show locals."""
-
-    def __init__(self, **kwargs):
-        kwargs.setdefault("pretty_exceptions_show_locals", False)
-        super().__init__(**kwargs)
-
-    def command(self, *args, **kwargs):
-        register = super().command(*args, **kwargs)
-
-        def decorator(f):
-            register(_guarded(f))
-            return f
-
-        return decorator
-
-    def __call__(self, *args, **kwargs):
-        # the console script's entry point: also catches what fails outside a command
-        try:
-            return super().__call__(*args, **kwargs)
-        except KeyboardInterrupt:
-            err_console.print("interrupted", highlight=False)
-            sys.exit(130)
-        except Exception as exc:  # noqa: BLE001
-            _internal_error(exc, " ".join(sys.argv[1:2]) or "mmfed")
-            sys.exit(1)
-
-
-app = _App(help="Federated, privacy-preserving multimodal learning.", no_args_is_help=True)
-data_app = _App(help="Site data: check a site directory, build scenario site directories.")
+app = App(help="Federated, privacy-preserving multimodal learning.", no_args_is_help=True)
+data_app = App(help="Site data: check a site directory, build scenario site directories.")
 app.add_typer(data_app, name="data")
-site_app = _App(help="A data-holding site: its privacy policy, signing key and budget.")
+site_app = App(help="A data-holding site: its privacy policy, signing key and budget.")
 app.add_typer(site_app, name="site")
-certs_app = _App(help="Deployment certificates and keys: CA, SuperLink TLS, SuperNode auth keys.")
+certs_app = App(help="Deployment certificates and keys: CA, SuperLink TLS, SuperNode auth keys.")
 app.add_typer(certs_app, name="certs")
 
 
@@ -154,12 +52,6 @@ DataDirOpt = Annotated[
 CacheOpt = Annotated[
     Path | None, typer.Option(help="where scenarios and features are cached [$MMFED_CACHE_DIR]")
 ]
-
-
-def _fail(exc: Exception) -> None:
-    # Text, not markup: a message quoting a label or path with [brackets] must print as it is
-    err_console.print(Text.assemble(("error:", "bold red"), f" {exc}"), soft_wrap=True, highlight=False)
-    raise typer.Exit(2)
 
 
 def _check_site_files(site_dir: Path) -> None:
@@ -254,6 +146,8 @@ def train(
         run_dir
         or Path("runs") / f"train-{scenario if not site_dir else 'sites'}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
+    refuse_protected("--run-dir", run_dir, folder=True, instead="choose another --run-dir")
+    refuse_cache_dir(cache_dir)
     try:
         for site in site_dir or []:
             _check_site_files(site)
@@ -307,7 +201,7 @@ def train(
                 progress=hooks,
             )
     except (MMFedError, FloatingPointError) as exc:  # FloatingPointError: the loss diverged (fixed text)
-        _fail(exc)
+        fail(exc)
     console.print(
         f"[bold green]test accuracy {summary['test_accuracy']:.2%}[/] on {summary['test_examples']} "
         f"examples after {summary['epochs']} epochs ({summary['seconds']:.0f}s)"
@@ -454,6 +348,15 @@ def simulate(
             if config
             else FederationConfig.from_mapping(options)
         )
+        target = run_dir or (Path(cfg.run_dir) if cfg.run_dir else None)
+        target = target or Path("runs") / f"fed-{cfg.scenario}-{time.strftime('%Y%m%d-%H%M%S')}"
+        reads = [config, cfg.initial_model or None]
+        refuse_protected("--run-dir", target, reads, folder=True, instead="choose another --run-dir")
+        if cfg.state_dir:  # by design STATE_DIR/<site> are site homes: only not inside a site's keys/, state/
+            refuse_protected(
+                "--state-dir", cfg.state_dir, reads, folder=True, instead="choose another --state-dir"
+            )
+        refuse_cache_dir(cfg.cache_dir or None)
         # files the run needs are checked now, not after Ray has started and the sites have trained
         if cfg.initial_model and not Path(cfg.initial_model).is_file():
             raise MMFedError(f"initial-model {cfg.initial_model}: no such file")
@@ -474,8 +377,6 @@ def simulate(
                     f"{cfg.scenario} has {natural} natural sites: use --sites {natural}, "
                     "or --partition iid|dirichlet:A"
                 )
-        target = run_dir or (Path(cfg.run_dir) if cfg.run_dir else None)
-        target = target or Path("runs") / f"fed-{cfg.scenario}-{time.strftime('%Y%m%d-%H%M%S')}"
         # absolute paths: Ray's worker processes need not share this working directory
         cfg = cfg.replace(
             run_dir=str(target.resolve()),
@@ -484,7 +385,7 @@ def simulate(
             state_dir=str(Path(cfg.state_dir or target / "sites").resolve()),
         )
     except MMFedError as exc:
-        _fail(exc)
+        fail(exc)
     console.print(
         f"[bold]{cfg.scenario}[/]: {cfg.sites} sites, {cfg.rounds} rounds, {cfg.fusion} fusion, "
         f"partition {escape(cfg.partition)}"
@@ -524,11 +425,9 @@ def simulate(
                 verbose=verbose,
             )
     except MMFedError as exc:  # anything else is a bug: _guarded logs it, the screen gets one line
-        _fail(exc)
+        fail(exc)
     if not summary:
-        _fail(
-            MMFedError(f"the simulation ended without a result; see {cfg.run_dir} and rerun with --verbose")
-        )
+        fail(MMFedError(f"the simulation ended without a result; see {cfg.run_dir} and rerun with --verbose"))
     acc = summary.get("global_accuracy")
     console.print(
         f"[bold green]global accuracy {acc:.2%}[/] after {summary['rounds_completed']} rounds"
@@ -575,11 +474,18 @@ def data_check(
     ] = None,
 ) -> None:
     """Validate a site directory's manifest.csv and every file it names; list every problem."""
-    report = report or site_dir.parent / f"{site_dir.name}-skipped.csv"
+    from mmfed.data.manifest import load_manifest
+
+    if report is None:  # `data check .` or `data check ..`: named after the folder, next to it
+        named = site_dir if site_dir.name not in ("", ".", "..") else site_dir.resolve()
+        report = named.parent / f"{named.name}-skipped.csv"
     try:
-        manifest = _load_manifest(site_dir, on_bad_row=on_bad_row.value, report_path=report)
+        _check_site_files(site_dir)
+        site_files = [site_dir / name for name in ("manifest.csv", "labels.txt", "site.toml")]
+        refuse_protected("--report", report, [*site_files, *manifest_files(site_dir)])
+        manifest = load_manifest(site_dir, on_bad_row=on_bad_row.value, report_path=report)
     except MMFedError as exc:
-        _fail(exc)
+        fail(exc)
     table = Table(title=escape(str(site_dir)))  # paths and labels are text, never markup
     for col in ("split", "samples", *manifest.modality_counts().keys()):
         table.add_column(col)
@@ -612,7 +518,7 @@ def data_deid(
     try:
         manifest = _load_manifest(site_dir)
     except MMFedError as exc:
-        _fail(exc)
+        fail(exc)
     notes = [s for s in manifest.samples if s.text]
     found: Counter[str] = Counter()
     changed = []
@@ -640,10 +546,11 @@ def data_prepare(
     seed: int = 0,
 ) -> None:
     """Build a scenario's site directories (once) and print where they are."""
+    refuse_cache_dir(cache_dir)
     try:
         scen = _scenario(scenario, data_dir, cache_dir, None, seed)
     except MMFedError as exc:
-        _fail(exc)
+        fail(exc)
     for site in scen.sites:
         console.print(str(site), markup=False)
 
@@ -669,12 +576,22 @@ def site_init(
     from mmfed.privacy.policy import POLICY_FILE, SitePolicy, load_policy
 
     if not (dir / "manifest.csv").exists():
-        _fail(
+        fail(
             MMFedError(
                 f"{dir}: no manifest.csv; a site directory holds manifest.csv (see README, 'Site data')"
             )
         )
     policy_path = dir / POLICY_FILE
+    # its own policy and key it creates (never replaces); not through links into another site, nor in one
+    refuse_protected(
+        "--dir",
+        dir,
+        [dir / "manifest.csv", dir / "labels.txt"],
+        folder=True,
+        writes=(POLICY_FILE, keys.PRIVATE_KEY, keys.PUBLIC_KEY),
+        own=dir,
+        instead="nothing was written",
+    )
     try:
         manifest = _load_manifest(dir)  # first: a bad manifest leaves nothing half written
         train = len(manifest.split("train"))
@@ -706,7 +623,7 @@ def site_init(
             key = keys.create_key(dir)
             console.print(f"created ledger signing key {dir / keys.PRIVATE_KEY} (mode 0600)", markup=False)
     except MMFedError as exc:
-        _fail(exc)
+        fail(exc)
     console.print(
         f"manifest OK: {len(manifest.samples)} records, {train} for training, labels {manifest.labels}",
         markup=False,
@@ -754,18 +671,20 @@ def site_check(dir: Annotated[Path, typer.Option("--dir", help="the site directo
         budget = SiteBudget(dir, fingerprint, site=dir.name)
         prv, rdp = budget.spent()
     except MMFedError as exc:
-        _fail(exc)
+        fail(exc)
     policy = budget.policy
     console.print(
         f"policy {policy.source}: max ε {policy.max_epsilon:g}, δ {policy.delta:g}, "
         f"σ ≥ {policy.min_noise_multiplier:g}, C ≤ {policy.max_clipping_norm:g}, "
-        f"q ≤ {policy.max_sample_rate:g}, modalities {list(policy.allowed_modalities)}",
+        f"q ≤ {policy.max_sample_rate:g}, modalities {list(policy.allowed_modalities)}, "
+        f"public size {policy.public_examples or 'not declared'}, "
+        f"holds {list(policy.held_modalities) or 'not declared'}",
         highlight=False,
         markup=False,
     )
     console.print(f"key {keys.key_id(budget.key.public_key())}", highlight=False)
     console.print(
-        f"data {fingerprint}: ε spent {prv:.3f} (PRV), {rdp:.3f} (RDP); "
+        f"ε spent {prv:.3f} (PRV), {rdp:.3f} (RDP), over every release (data now {fingerprint[:19]}); "
         f"remaining {policy.max_epsilon - prv:.3f}",
         highlight=False,
     )
@@ -781,10 +700,12 @@ def certs_server(
     """A CA (created once, then reused) and the SuperLink's TLS certificate for the given hosts."""
     from mmfed.secure import certs
 
+    writes = (certs.CA_KEY, certs.CA_CERT, certs.SERVER_KEY, certs.SERVER_CERT)
+    refuse_protected("--out", out, folder=True, writes=writes, instead="choose another --out folder")
     try:
         cert = certs.server_certificate(out, host, days=days, force=force)
     except MMFedError as exc:
-        _fail(exc)
+        fail(exc)
     console.print(
         f"CA: {out / certs.CA_CERT} (give this to every site; keep {out / certs.CA_KEY} offline)\n"
         f"SuperLink: --ssl-ca-certfile {out / certs.CA_CERT} --ssl-certfile {cert} "
@@ -803,10 +724,13 @@ def certs_node(
     """An EC P-384 key pair (OpenSSH format) that authenticates a SuperNode to the SuperLink."""
     from mmfed.secure import certs
 
+    refuse_protected(
+        "--out", out, folder=True, writes=(name, f"{name}.pub"), instead="choose another --out folder"
+    )
     try:
         private, public = certs.node_key(out, name, force=force)
     except MMFedError as exc:
-        _fail(exc)
+        fail(exc)
     console.print(
         f"private key {private} (mode 0600, stays at the site); public key {public} (register it)",
         markup=False,
@@ -830,16 +754,23 @@ def audit(
     failed check or any site over its cap."""
     from mmfed.audit import report
     from mmfed.audit.check import audit_ledger, find_ledgers
+    from mmfed.privacy import keys
 
     if format not in ("text", "md", "html", "json"):
-        _fail(MMFedError(f"--format {format!r}: use text, md, html or json"))
+        fail(MMFedError(f"--format {format!r}: use text, md, html or json"))
     try:
         found = find_ledgers(paths)
         if public_key and len(found) > 1:
             raise MMFedError("--public-key applies to one ledger; audit site directories to use their keys")
+        reads = [*paths, public_key, *(p for p, _ in found), *(h / keys.PUBLIC_KEY for _, h in found if h)]
+        refuse_protected("--output", output, reads)
+        plot = ("epsilon_per_round.png",)
+        refuse_protected(
+            "--plots", plots, reads, folder=True, writes=plot, instead="write the plots elsewhere"
+        )
         audits = [audit_ledger(path, home, public_key, thorough) for path, home in found]
     except MMFedError as exc:
-        _fail(exc)
+        fail(exc)
     if format == "text" and output is None:
         report.print_text(audits, console)
     else:

@@ -23,9 +23,10 @@ import numpy as np
 
 from mmfed.errors import MMFedError
 from mmfed.privacy import accounting, keys, ledger
-from mmfed.privacy.budget import BUDGETS, LEDGER
+from mmfed.privacy.budget import BUDGET, BUDGETS, LEDGER, ledger_history
 from mmfed.privacy.policy import POLICY_FILE, load_policy
 
+SITE_WIDE = "site"  # DataBudget.fingerprint of the one budget of a site
 SAME = 1e-6  # relative: our own recomputation of what the site recorded
 INDEPENDENT_RDP = 0.01  # relative: Opacus vs dp-accounting RDP
 INDEPENDENT_PRV = 0.02  # relative: Opacus PRV vs dp-accounting PLD (two numerical methods)
@@ -33,7 +34,7 @@ INDEPENDENT_PRV = 0.02  # relative: Opacus PRV vs dp-accounting PLD (two numeric
 
 @dataclass
 class DataBudget:
-    """One site's budget on one data fingerprint."""
+    """One site's budget: every release, whatever the data version."""
 
     fingerprint: str
     releases: int
@@ -43,6 +44,7 @@ class DataBudget:
     delta: float
     cap: float | None
     checks: dict[str, float] = field(default_factory=dict)  # independent recomputations
+    data_versions: int = 1  # data fingerprints its releases were made on
 
     @property
     def remaining(self) -> float | None:
@@ -112,13 +114,23 @@ def audit_ledger(
     if entries:
         result.site = str(entries[-1].get("site", result.site))
     cap_file = load_policy(home / POLICY_FILE).max_epsilon if home and (home / POLICY_FILE).exists() else None
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    if not entries:
+        return result
+    # entries written before one budget per site recorded ε per data fingerprint: checked in that scope
+    legacy: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for entry in entries:
-        groups[entry["data_fingerprint"]].append(entry)
-    for fingerprint, group in groups.items():
-        result.budgets.append(_recompute(result, path, fingerprint, group, cap_file, thorough))
-        if home:
-            _compare_accountant_state(result, home, fingerprint, group)
+        if entry.get("budget") != "site":
+            legacy[entry["data_fingerprint"]].append(entry)
+    for fingerprint, group in legacy.items():
+        _recompute(result, path, fingerprint, group, group, cap_file, thorough=False)
+    # the site's budget: every release, whatever the data version, against one cap
+    site_scoped = [e for e in entries if e.get("budget") == "site"]
+    first = len(entries) - len(site_scoped)
+    if len(legacy) == 1 and all(e.get("budget") != "site" for e in entries[:first]):
+        site_scoped = entries  # one data version before the change: its ε was the site's ε
+    result.budgets.append(_recompute(result, path, SITE_WIDE, entries, site_scoped, cap_file, thorough))
+    if home:
+        _compare_accountant_state(result, home, entries, legacy)
     return result
 
 
@@ -147,9 +159,13 @@ def _recompute(
     path: Path,
     fingerprint: str,
     group: list[dict[str, Any]],
+    recorded_here: list[dict[str, Any]],
     cap_file: float | None,
     thorough: bool,
 ) -> DataBudget:
+    """ε composed over `group` in order; the entries of `recorded_here` (those whose recorded ε is over
+    this scope) must match it. The budget's ε is the recomputed one when the last entry recorded
+    another scope (a site whose data versions each started a budget, before one budget per site)."""
     deltas = {e["delta"] for e in group}
     delta = group[-1]["delta"]
     if len(deltas) > 1:  # the site changed its policy's δ: each entry is checked at its own δ
@@ -172,20 +188,23 @@ def _recompute(
     with np.errstate(divide="ignore", invalid="ignore"):
         eps_all = cumulative - (log_delta + np.log(alphas)) / (alphas - 1) + np.log((alphas - 1) / alphas)
     recomputed = np.nanmin(eps_all, axis=1)
+    mine = {id(e) for e in recorded_here}
+    here = np.asarray([id(e) in mine for e in group])
     recorded_rdp = np.asarray([e["epsilon_rdp"] for e in group])
     recorded_prv = np.asarray([e["epsilon_prv"] for e in group])
-    bad = np.flatnonzero(np.abs(recorded_rdp - recomputed) > SAME * np.maximum(recomputed, 1e-12))
+    bad = np.flatnonzero(here & (np.abs(recorded_rdp - recomputed) > SAME * np.maximum(recomputed, 1e-12)))
     if bad.size:
         e = group[bad[0]]
         result.problems.append(
             f"{_line(path, e)}: epsilon_rdp {e['epsilon_rdp']:.6g} recorded, {recomputed[bad[0]]:.6g} "
             "recomputed from the history"
         )
-    for name, values in (("epsilon_prv", recorded_prv), ("epsilon_rdp", recorded_rdp)):
+    for name, values in (("epsilon_prv", recorded_prv[here]), ("epsilon_rdp", recorded_rdp[here])):
         drops = np.flatnonzero(np.diff(values) < 0)
         if drops.size:
-            result.problems.append(f"{_line(path, group[drops[0] + 1])}: cumulative {name} decreased")
-    above = np.flatnonzero(recorded_prv > recomputed + accounting.PRV_EPS_ERROR)
+            later = [e for e in group if id(e) in mine][drops[0] + 1]
+            result.problems.append(f"{_line(path, later)}: cumulative {name} decreased")
+    above = np.flatnonzero(here & (recorded_prv > recomputed + accounting.PRV_EPS_ERROR))
     if above.size:
         e = group[above[0]]
         result.problems.append(
@@ -194,12 +213,15 @@ def _recompute(
         )
     final_google = _google_rdp(cumulative[-1], orders, delta)
     checks = {"rdp_dp_accounting": final_google}
+    history = ledger_history(group)
+    if not here[-1]:  # the last entry recorded a per-data ε: the site's total is recomputed, not read
+        return _budget(fingerprint, group, float(accounting.epsilon_prv(history, delta)),
+                       float(recomputed[-1]), delta, cap_file, checks)  # fmt: skip
     if abs(final_google - recorded_rdp[-1]) > INDEPENDENT_RDP * recorded_rdp[-1]:
         result.problems.append(
             f"{_line(path, group[-1])}: epsilon_rdp {recorded_rdp[-1]:.6g} disagrees with dp-accounting's "
             f"{final_google:.6g} by more than {INDEPENDENT_RDP:.0%}"
         )
-    history = accounting.compact((e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in group)
     if thorough:
         prv = accounting.epsilon_prv(history, delta)
         pld = _google_pld(history, delta)
@@ -221,17 +243,24 @@ def _recompute(
                 "dp-accounting's "
                 f"PLD {pld:.6g} by more than {INDEPENDENT_PRV:.0%}"
             )
+    return _budget(
+        fingerprint, group, float(recorded_prv[-1]), float(recorded_rdp[-1]), delta, cap_file, checks
+    )
+
+
+def _budget(fingerprint, group, epsilon_prv, epsilon_rdp, delta, cap_file, checks) -> DataBudget:
     recorded_caps = [e.get("max_epsilon") for e in group if e.get("max_epsilon") is not None]
     cap = cap_file if cap_file is not None else (recorded_caps[-1] if recorded_caps else None)
     return DataBudget(
         fingerprint=fingerprint,
         releases=len(group),
         runs=len({e["run_id"] for e in group}),
-        epsilon_prv=float(recorded_prv[-1]),
-        epsilon_rdp=float(recorded_rdp[-1]),
+        epsilon_prv=epsilon_prv,
+        epsilon_rdp=epsilon_rdp,
         delta=delta,
         cap=cap,
         checks=checks,
+        data_versions=len({e["data_fingerprint"] for e in group}),
     )
 
 
@@ -255,30 +284,45 @@ def _google_pld(history: accounting.History, delta: float) -> float:
 
 
 def _compare_accountant_state(
-    result: SiteAudit, home: Path, fingerprint: str, group: list[dict[str, Any]]
+    result: SiteAudit, home: Path, entries: list[dict[str, Any]], legacy: dict[str, list[dict[str, Any]]]
 ) -> None:
-    """The site's persisted accountant must hold exactly the ledger's history for that data."""
+    """The site's persisted accountant must hold exactly the ledger's history: state/budget.json (one
+    budget per site), or, for a site from before it, one state/budget/<fingerprint>.json per data."""
     import json
 
-    state_path = home / BUDGETS / f"{fingerprint.replace(':', '-')}.json"
-    history = accounting.compact((e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in group)
-    if not state_path.exists():
-        result.problems.append(f"{state_path}: accountant state missing for data {fingerprint[:19]}")
-        return
-    try:
-        saved = accounting.compact(
-            tuple(h) for h in json.loads(state_path.read_text())["accountant"]["history"]
-        )
-    except (ValueError, KeyError, TypeError):
-        result.problems.append(f"{state_path}: accountant state unreadable")
-        return
-    if saved != history:
-        spent = accounting.epsilon_rdp(saved, group[-1]["delta"]) if saved else 0.0
-        result.problems.append(
-            f"{state_path}: accountant history differs from the ledger's (accountant: "
-            f"{sum(s for *_, s in saved)} steps, ε_RDP {spent:.4g}; "
-            f"ledger: {sum(s for *_, s in history)} steps)"
-        )
+    if (home / BUDGET).exists() or len(entries) > sum(len(g) for g in legacy.values()):
+        states = [(home / BUDGET, entries)]
+    else:
+        states = [(home / BUDGETS / f"{fp.replace(':', '-')}.json", group) for fp, group in legacy.items()]
+    for state_path, group in states:
+        history = ledger_history(group)
+        if not state_path.exists():
+            result.problems.append(f"{state_path}: accountant state missing ({len(group)} ledger entries)")
+            continue
+        try:
+            state = json.loads(state_path.read_text())
+            saved = accounting.compact(tuple(h) for h in state["accountant"]["history"])
+        except (ValueError, KeyError, TypeError):
+            result.problems.append(f"{state_path}: accountant state unreadable")
+            continue
+        head = state.get("ledger_head") if state_path.name == BUDGET.rsplit("/", 1)[-1] else None
+        if head and head.get("index", -1) >= len(entries):
+            result.problems.append(
+                f"{state_path}: the site released up to entry {head['index']} but the ledger has "
+                f"{len(entries)} entries: it was truncated or rolled back"
+            )
+        elif head and saved != history and saved == ledger_history(group[: head["index"] + 1]):
+            result.notes.append(
+                f"{state_path}: entries {head['index'] + 1}..{len(entries) - 1} are past the site's saved "
+                "state (a release whose state was not saved, e.g. a crash): the site takes them in next round"
+            )
+        elif saved != history:
+            spent = accounting.epsilon_rdp(saved, group[-1]["delta"]) if saved else 0.0
+            result.problems.append(
+                f"{state_path}: accountant history differs from the ledger's (accountant: "
+                f"{sum(s for *_, s in saved)} steps, ε_RDP {spent:.4g}; "
+                f"ledger: {sum(s for *_, s in history)} steps)"
+            )
 
 
 def is_finite(value: float | None) -> bool:

@@ -28,7 +28,7 @@ def site_rows(audits: list[SiteAudit]) -> list[list[str]]:
             rows.append(
                 [
                     a.site,
-                    b.fingerprint[7:19],
+                    f"{b.data_versions} version{'s' if b.data_versions != 1 else ''}",
                     str(b.releases),
                     str(b.runs),
                     _fmt(b.epsilon_prv),
@@ -76,7 +76,8 @@ def as_json(audits: list[SiteAudit]) -> str:
                 "notes": a.notes,
                 "budgets": [
                     {
-                        "data_fingerprint": b.fingerprint,
+                        "scope": b.fingerprint,  # "site": every release, whatever the data
+                        "data_versions": b.data_versions,
                         "rounds": b.releases,
                         "runs": b.runs,
                         "epsilon_prv": b.epsilon_prv,
@@ -195,7 +196,7 @@ def print_text(audits: list[SiteAudit], console) -> None:
 
 
 def plot_epsilon(audits: list[SiteAudit], folder: Path) -> Path:
-    """Cumulative ε (PRV) after each released round, one line per site (and data fingerprint)."""
+    """Cumulative ε (PRV) after each released round, one line per site."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -206,7 +207,7 @@ def plot_epsilon(audits: list[SiteAudit], folder: Path) -> Path:
     many = len(audits) > 12
     for a in audits:
         for b in a.budgets:
-            eps = [e["epsilon_prv"] for e in a.entries if e["data_fingerprint"] == b.fingerprint]
+            eps = [e["epsilon_prv"] for e in a.entries]
             ax.plot(
                 range(1, len(eps) + 1),
                 eps,

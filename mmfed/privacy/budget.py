@@ -32,7 +32,8 @@ from mmfed.privacy.geometry import Geometry
 from mmfed.privacy.policy import POLICY_FILE, SitePolicy, load_policy
 
 LEDGER = keys.LEDGER_FILE
-BUDGETS = "state/budget"
+BUDGET = "state/budget.json"  # the one accountant state of the site (+ its ledger high-water mark)
+BUDGETS = "state/budget"  # before one budget per site: one accountant file per data fingerprint
 
 
 class Refusal(MMFedError):
@@ -42,6 +43,13 @@ class Refusal(MMFedError):
     def __init__(self, code: str, message: str):
         self.code = code
         super().__init__(message)
+
+
+class LedgerRefusal(Refusal):
+    """The site's ledger and accountant state do not add up: it trains no more until its operator acts."""
+
+    def __init__(self, message: str):
+        super().__init__("ledger", message)
 
 
 # what the server is told, per refusal code: which setting of the proposal to change, no site numbers
@@ -57,6 +65,7 @@ REFUSALS = {
     "secure-aggregation": "this train message is not SecAgg+ (the run announced it, or the site requires it)",
     "held-modalities": "this site declares no held_modalities in its site.toml",
     "public-size": "this site declares no public size (privacy.public_examples in its site.toml)",
+    "ledger": "the site's ledger and accountant state do not add up; it trains no more until resolved",
     "evaluation": "this site does not evaluate this model (site policy)",
 }
 
@@ -103,6 +112,11 @@ def dp_geometry(public_examples: int, batch_size: int, local_epochs: int) -> tup
     return geometry.sample_rate, geometry.steps
 
 
+def ledger_history(entries: list[dict[str, Any]]) -> History:
+    """The accountant history the ledger entries record: (σ, sample rate, steps) of each, in order."""
+    return accounting.compact((e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in entries)
+
+
 class SiteBudget:
     def __init__(
         self, home: str | Path, fingerprint: str, *, site: str, simulated_policy: SitePolicy | None = None
@@ -124,48 +138,146 @@ class SiteBudget:
                     keys.create_key(self.home)
         self.key = keys.load_private_key(self.home)
         self.ledger_path = self.home / LEDGER
-        self.budget_path = self.home / BUDGETS / f"{fingerprint.replace(':', '-')}.json"
+        self.budget_path = self.home / BUDGET
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
         with ledger.locked(self.ledger_path):
             yield
 
-    # -- the accountant's state --------------------------------------------------------------------
+    # -- the accountant's state: rebuilt from the verified ledger ----------------------------------
     def history(self) -> History:
-        if not self.budget_path.exists():
-            if self.fingerprint.encode() in (
-                self.ledger_path.read_bytes() if self.ledger_path.exists() else b""
-            ):
-                raise MMFedError(
-                    f"{self.budget_path}: the accountant state is missing, but {self.ledger_path} records "
-                    "releases on this data; a budget is never reset — restore the file from backup"
+        """The site's whole history — every release, whatever the data version — read from its ledger
+        after verifying it, and checked against the accountant state saved with the last release.
+        Anything that does not add up is refused, naming both sides: a budget is never reset."""
+        lines = ledger.read_lines(self.ledger_path)
+        state = self._state()
+        head = state.get("ledger_head") if state else None
+        if state is None and lines:
+            state = self._migrate(lines)  # a site from before one budget per site
+            head = state["ledger_head"]
+        if state is not None and not lines and (head or state["history"]):
+            raise LedgerRefusal(
+                f"{self.ledger_path} is missing or empty, but {self.budget_path} records "
+                f"{sum(s for *_, s in state['history'])} steps released up to entry "
+                f"{head['index'] if head else '?'}; a restored or emptied ledger never re-grants budget — "
+                "put back the ledger that matches it"
+            )
+        entries = self._verify(lines, head)
+        past = len(entries) - (head["index"] + 1 if head else 0)
+        if state is not None and past > 1:  # one is a release whose state write a crash cut off
+            raise LedgerRefusal(
+                f"{self.ledger_path} has {past} entries past the last release {self.budget_path} records "
+                f"(entry {head['index'] if head else 'none'}): the accountant state was replaced or rolled "
+                "back; restore the state that matches the ledger"
+            )
+        from_ledger = ledger_history(entries)
+        if state is not None:
+            upto = head["index"] + 1 if head else 0
+            saved = accounting.compact(tuple(h) for h in state["history"])
+            covered = ledger_history(entries[:upto])
+            if saved != covered:
+                raise LedgerRefusal(
+                    f"{self.budget_path} holds {sum(s for *_, s in saved)} steps "
+                    f"(ε {accounting.epsilon_rdp(saved, self.policy.delta) if saved else 0:.4g} RDP) but "
+                    f"{self.ledger_path} up to entry {upto - 1} holds {sum(s for *_, s in covered)} steps "
+                    f"(ε {accounting.epsilon_rdp(covered, self.policy.delta) if covered else 0:.4g} RDP): "
+                    "the accountant state was replaced or edited; restore the matching pair from backup"
                 )
-            return []
+        return from_ledger
+
+    def _verify(self, lines: list[bytes], head: dict[str, Any] | None) -> list[dict[str, Any]]:
+        """The ledger's entries: the whole chain checked (cheap hashes), the entry at the site's own
+        high-water mark unchanged, and every signature after it verified with the site's key."""
+        if head is not None:
+            if len(lines) <= head["index"]:
+                raise LedgerRefusal(
+                    f"{self.ledger_path} has {len(lines)} entries but this site has released up to entry "
+                    f"{head['index']}: the ledger was truncated or rolled back; it trains no more until the "
+                    "ledger that matches its state is back (a released budget is never un-spent)"
+                )
+            if ledger.line_hash(lines[head["index"]]) != head["hash"]:
+                raise LedgerRefusal(
+                    f"{self.ledger_path}: entry {head['index']} is not the one this site wrote (hash "
+                    f"{head['hash'][:12]}…): the ledger was edited or replaced"
+                )
+        public = self.key.public_key()
+        entries, problem = ledger.verify(lines, public)
+        start = head["index"] + 1 if head else 0
+        problem = problem or next(
+            (
+                ledger.Problem(i + 1, f"entry {e['index']}: signature does not verify with the site's key")
+                for i, e in enumerate(entries[start:], start)
+                if e["key_id"] != keys.key_id(public) or not ledger.signature_ok(e, public)
+            ),
+            None,
+        )
+        if problem:
+            raise LedgerRefusal(f"{self.ledger_path}: {problem}; run `mmfed audit` on this site")
+        return entries
+
+    def _state(self) -> dict[str, Any] | None:
+        if not self.budget_path.exists():
+            return None
         try:
             state = json.loads(self.budget_path.read_text())
-            if state["fingerprint"] != self.fingerprint or state["accountant"]["mechanism"] != "prv":
-                raise ValueError("another data fingerprint or accountant")
-            return accounting.compact(tuple(h) for h in state["accountant"]["history"])
+            if state["accountant"]["mechanism"] != "prv":
+                raise ValueError("another accountant")
+            history = [tuple(h) for h in state["accountant"]["history"]]
+            head = state["ledger_head"]
+            if head is not None and not (isinstance(head["index"], int) and isinstance(head["hash"], str)):
+                raise ValueError("bad ledger head")
+            return {"history": history, "ledger_head": head}
         except (ValueError, KeyError, TypeError):
-            raise MMFedError(
-                f"{self.budget_path}: the site's accountant state is unreadable or not this data's; "
-                "it is never reset automatically — restore it from backup (the ledger records every release)"
+            raise LedgerRefusal(
+                f"{self.budget_path}: the site's accountant state is unreadable; it is never reset "
+                "automatically — restore it from backup"
             ) from None
 
-    def _save_history(self, history: History) -> None:
+    def _migrate(self, lines: list[bytes]) -> dict[str, Any]:
+        """A ledger without `state/budget.json`: a site from before one budget per site keeps one
+        accountant file per data fingerprint (state/budget/). Each must match its entries of the ledger;
+        then they are composed — in ledger order, never dropped — into the one budget."""
+        entries = self._verify(lines, None)
+        by_fingerprint: dict[str, list[dict[str, Any]]] = {}
+        for e in entries:
+            by_fingerprint.setdefault(e["data_fingerprint"], []).append(e)
+        for fingerprint, group in by_fingerprint.items():
+            legacy = self.home / BUDGETS / f"{fingerprint.replace(':', '-')}.json"
+            try:
+                saved = accounting.compact(
+                    tuple(h) for h in json.loads(legacy.read_text())["accountant"]["history"]
+                )
+            except (OSError, ValueError, KeyError, TypeError):
+                raise LedgerRefusal(
+                    f"{self.ledger_path} records releases on data {fingerprint[:19]}, but {legacy} (its "
+                    "accountant state) is missing or unreadable: a budget is never reset — restore it "
+                    "from backup"
+                ) from None
+            if saved != ledger_history(group):
+                raise LedgerRefusal(
+                    f"{legacy} does not match the ledger's entries for that data: restore both"
+                )
+        history = ledger_history(entries)
+        head = {"index": len(lines) - 1, "hash": ledger.line_hash(lines[-1])}
+        self._save(history, head)
+        return {"history": history, "ledger_head": head}
+
+    def _save(self, history: History, head: dict[str, Any] | None) -> None:
         self.budget_path.parent.mkdir(parents=True, exist_ok=True)
         state = {
-            "fingerprint": self.fingerprint,
+            "site": self.site,
             "delta": self.policy.delta,
             "accountant": {"mechanism": "prv", "history": [list(h) for h in history]},
+            # the site's high-water mark: the last entry it wrote (a shorter ledger is refused)
+            "ledger_head": head,
         }
         tmp = self.budget_path.with_name(self.budget_path.name + ".tmp")
         tmp.write_text(json.dumps(state, indent=1))
         os.replace(tmp, self.budget_path)
 
     def spent(self) -> tuple[float, float]:
-        """(ε PRV, ε RDP) spent so far on this data, at the policy's δ."""
+        """(ε PRV, ε RDP) the site has spent so far, over every release, at the policy's δ."""
         history = self.history()
         return accounting.epsilon_prv(history, self.policy.delta), accounting.epsilon_rdp(
             history, self.policy.delta
@@ -254,13 +366,13 @@ class SiteBudget:
                 f"site {self.site}: the accountant recorded {history_after}, not the planned {expected}; "
                 "the update is withheld"
             )
-        self._save_history(expected)
         fields = {
             "run_id": run_id,
             "round": round,
             "time": datetime.now(UTC).isoformat(timespec="seconds"),
             "site": self.site,
             "data_fingerprint": self.fingerprint,
+            "budget": "site",  # ε is over every release of the site, whatever the data version
             "noise_multiplier": plan.noise_multiplier,
             "sample_rate": plan.sample_rate,
             "steps": plan.steps,
@@ -276,7 +388,11 @@ class SiteBudget:
             },
             **extra,
         }
-        return ledger.append(self.ledger_path, self.key, fields)
+        entry = ledger.append(self.ledger_path, self.key, fields)
+        # the ledger first (the source of truth), then the state that remembers it; a crash in between
+        # leaves one verified entry past the high-water mark, which history() takes in
+        self._save(expected, {"index": entry["index"], "hash": ledger.line_hash(ledger.canonical(entry))})
+        return entry
 
 
 def plan_cap(policy: SitePolicy) -> float | None:

@@ -118,6 +118,7 @@ def append(path: Path, key: Ed25519PrivateKey, fields: dict[str, Any]) -> dict[s
                 f"{path}: the last entry is unreadable; nothing was appended — run `mmfed audit` on this site"
             ) from None
     entry = signed_entry(fields, key, index, prev)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "ab") as f:
         f.write(canonical(entry) + b"\n")
         f.flush()
