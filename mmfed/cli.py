@@ -690,6 +690,66 @@ def site_check(dir: Annotated[Path, typer.Option("--dir", help="the site directo
     )
 
 
+@site_app.command("approve")
+def site_approve(
+    dir: Annotated[Path, typer.Option("--dir", help="the site directory (its site.toml)")],
+    config: Annotated[Path, typer.Option("--config", help="the run's configuration (TOML) to review")],
+    write: Annotated[
+        bool, typer.Option("--write", help="add the model's hash to approved_models in site.toml")
+    ] = False,
+) -> None:
+    """Show what a run would train at this site — task, labels, modalities, model, parameters — and its
+    approval hash; with --write, approve it (site.toml's approved_models)."""
+    from mmfed.federation.config import FederationConfig
+    from mmfed.federation.site import federation_scenario, model_approval
+    from mmfed.models import build_model, count_parameters
+    from mmfed.privacy.policy import POLICY_FILE, load_policy
+
+    try:
+        cfg = FederationConfig.from_toml(config)
+        scenario = federation_scenario(cfg, build=False)
+        model_cfg = cfg.model_config(scenario)
+        approval = model_approval(model_cfg, scenario.labels)
+        policy_path = dir / POLICY_FILE
+        policy = load_policy(policy_path)
+    except MMFedError as exc:
+        fail(exc)
+    trained = count_parameters(build_model(model_cfg))
+    console.print(
+        f"task {cfg.scenario}: labels {list(scenario.labels)}\n"
+        f"modalities {list(model_cfg.modalities)}, {model_cfg.fusion} fusion, image encoder "
+        f"{model_cfg.image_encoder}, text encoder {model_cfg.text_encoder}, hidden {model_cfg.hidden_dim}, "
+        f"{trained:,} parameters\n"
+        f"privacy proposed: target ε {cfg.target_epsilon:g}, σ {cfg.noise_multiplier:g}, "
+        f"C {cfg.max_grad_norm:g}, "
+        f"batch {cfg.batch_size}, {cfg.rounds} rounds x {cfg.local_epochs} local epoch(s)\n"
+        f"approval hash {approval}",
+        highlight=False,
+        markup=False,
+    )
+    if approval in policy.approved_models:
+        console.print(f"already approved in {policy_path}", markup=False)
+    elif write:
+        import re
+
+        text = policy_path.read_text()
+        listed = ", ".join(f'"{h}"' for h in (*policy.approved_models, approval))
+        line = f"approved_models = [{listed}]"
+        pattern = re.compile(r"^approved_models\s*=.*$", re.M)
+        updated = (
+            pattern.sub(line, text, count=1)
+            if pattern.search(text)
+            else re.sub(r"^\[privacy\]\s*$", f"[privacy]\n{line}", text, count=1, flags=re.M)
+        )
+        tmp = policy_path.with_name(policy_path.name + ".tmp")
+        tmp.write_text(updated)
+        load_policy(tmp)  # never write a policy that does not read back
+        tmp.replace(policy_path)
+        console.print(f"approved: {policy_path} approved_models now lists {approval}", markup=False)
+    else:
+        console.print(f"not approved yet: rerun with --write to add it to {policy_path}", markup=False)
+
+
 @certs_app.command("server")
 def certs_server(
     out: Annotated[Path, typer.Option("--out", help="folder for ca.key/ca.crt and server.key/server.pem")],
@@ -746,14 +806,21 @@ def audit(
         Path | None, typer.Option(help="the site's public key, when auditing one ledger file alone")
     ] = None,
     thorough: Annotated[
-        bool, typer.Option(help="check every signature and recompute PRV/PLD ε (slower)")
+        bool, typer.Option(help="also recompute the final ε with Opacus (RDP, PRV) and PLD (slower)")
     ] = False,
     output: Annotated[Path | None, typer.Option(help="write the report here instead of stdout")] = None,
+    anchors: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="run directory whose anchors.jsonl (the server's record of each site's ledger "
+            "head) the ledgers must still hold (repeatable)"
+        ),  # fmt: skip
+    ] = None,
 ) -> None:
     """Verify privacy ledgers (chain, signatures, key), recompute ε independently, report; exit 1 on any
     failed check or any site over its cap."""
     from mmfed.audit import report
-    from mmfed.audit.check import audit_ledger, find_ledgers
+    from mmfed.audit.check import audit_ledger, check_anchors, find_ledgers
     from mmfed.privacy import keys
 
     if format not in ("text", "md", "html", "json"):
@@ -763,12 +830,16 @@ def audit(
         if public_key and len(found) > 1:
             raise MMFedError("--public-key applies to one ledger; audit site directories to use their keys")
         reads = [*paths, public_key, *(p for p, _ in found), *(h / keys.PUBLIC_KEY for _, h in found if h)]
+        reads += [Path(d) / "anchors.jsonl" for d in anchors or []]
         refuse_protected("--output", output, reads)
         plot = ("epsilon_per_round.png",)
         refuse_protected(
             "--plots", plots, reads, folder=True, writes=plot, instead="write the plots elsewhere"
         )
         audits = [audit_ledger(path, home, public_key, thorough) for path, home in found]
+        if anchors:
+            checked = check_anchors(audits, anchors)
+            Console(stderr=True).print(f"anchors: {checked} ledger heads checked", highlight=False)
     except MMFedError as exc:
         fail(exc)
     if format == "text" and output is None:

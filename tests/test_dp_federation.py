@@ -2,6 +2,7 @@
 a site's policy is enforced by the site, and the server reports what the sites spent."""
 
 import json
+import shutil
 
 import pytest
 from localgrid import run_federation as run
@@ -163,3 +164,38 @@ def test_deployed_sites_keep_budget_and_ledger_in_their_own_directory(cfg, tmp_p
         assert entry["max_epsilon"] == 50.0 and entry["round"] == 1
         assert audit_ledger(site / LEDGER, site).ok
     assert not (tmp_path / "state").exists()  # deployed sites never use the simulation state dir
+
+
+def test_a_site_restored_from_backup_is_caught_by_the_servers_anchors(cfg, tmp_path):
+    """Backup after round 1, two more rounds, the backup put back (ledger and state together, which the
+    site alone cannot tell): the resumed run hands the site its anchored head, and it refuses; the audit
+    with --anchors names the site and round whose head is gone."""
+    from typer.testing import CliRunner
+
+    from mmfed.cli import app
+
+    run(cfg.replace(rounds=1))
+    home = tmp_path / "state" / "site_00001"
+    shutil.copytree(home / "state", tmp_path / "backup")
+    run(cfg.replace(rounds=3, resume=True))
+    anchors = [json.loads(x) for x in open(f"{cfg.run_dir}/anchors.jsonl")]
+    assert {(a["site"], a["round"]) for a in anchors} == {
+        (f"site_0000{i}", r) for i in range(3) for r in (1, 2, 3)
+    }
+    shutil.rmtree(home / "state")
+    shutil.copytree(tmp_path / "backup", home / "state")
+    run(cfg.replace(rounds=4, resume=True))
+    rows = [json.loads(x) for x in open(f"{cfg.run_dir}/metrics.jsonl")]
+    (row,) = [r for r in rows if r["kind"] == "fit" and r["round"] == 4 and r["site"] == "site_00001"]
+    assert row["status"] == "refused" and row["code"] == "ledger"
+    assert "rolled back" in (home / sitelog.LOG).read_text()
+    assert len(ledger_entries(cfg, "site_00001")) == 1  # nothing released on the restored ledger
+    result = CliRunner().invoke(app, ["audit", str(tmp_path / "state"), "--anchors", cfg.run_dir])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 1 and "the server anchored entry 2" in text and "round 3" in text
+    # the same check passes the untouched sites
+    report = CliRunner().invoke(
+        app, ["audit", str(tmp_path / "state"), "--anchors", cfg.run_dir, "--format", "json"]
+    )
+    verdicts = {s["site"]: s["ok"] for s in json.loads(report.stdout)["sites"]}
+    assert verdicts == {"site_00000": True, "site_00001": False, "site_00002": True}

@@ -1,6 +1,7 @@
 """What a DP site releases, tried as the server would: its noise is fresh and secret, and nothing else it
 sends depends on the records (neighbouring datasets N and N-1 send identical values besides the update)."""
 
+import json
 import math
 import os
 import shutil
@@ -25,7 +26,10 @@ from mmfed.privacy.randomness import ChaChaRandomness, TorchRandomness, fresh_ra
 from mmfed.train.dp import SecretPoissonBatches
 
 DP_KEYS = {"site", "epsilon_prv", "epsilon_rdp", "delta", "noise_multiplier", "sample_rate", "steps",
-           "max_epsilon"}  # fmt: skip
+           "max_epsilon", "ledger_index", "ledger_hash", "ledger_signature"}  # fmt: skip
+# the ledger head: a hash and signature of the entry, whose only data-dependent field is keyed by a
+# secret of the site (so pseudorandom to the server); everything else must be identical for D and D'
+ANCHOR_KEYS = {"ledger_hash", "ledger_signature"}
 
 
 @pytest.fixture
@@ -183,7 +187,11 @@ def test_neighbouring_datasets_send_identical_values_besides_the_update(
     shapes, coverage, examples, metrics = sent["D"]
     assert shapes == sent["D'"][0] and examples == sent["D'"][2] == 30
     assert np.array_equal(coverage, sent["D'"][1]) and coverage.tolist() == [1.0, 1.0, 1.0]
-    assert metrics == sent["D'"][3]  # even the ε bookkeeping: it follows from the public size
+    same = {k: v for k, v in metrics.items() if k not in ANCHOR_KEYS}
+    assert same == {k: v for k, v in sent["D'"][3].items() if k not in ANCHOR_KEYS}  # ε too: public size
+    for site in (full, smaller):  # the one data-dependent field of the anchored entry is keyed
+        entry = json.loads(open(f"{site}/{LEDGER}").read().splitlines()[-1])
+        assert entry["data_fingerprint"].startswith("hmac-sha256:")
     # evaluation of the same weights: the test records are the same, the values are rounded
     if not secure:
         scores = [evaluate(cfg, site, weights) for site in (full, smaller)]
@@ -397,4 +405,27 @@ def test_a_site_requiring_secure_aggregation_refuses_plain_messages(cfg, weights
     assert examples == 0 and metrics["code"] == "secure-aggregation"
     assert not os.path.exists(f"{site}/{LEDGER}")
     update, examples, _ = fit(cfg.replace(secure_aggregation=True, secagg_clipping_range=8.0), site, weights)
+    assert update and examples == 30
+
+
+def test_a_site_trains_only_models_it_approved(cfg, weights, tmp_path):
+    from typer.testing import CliRunner
+
+    from mmfed.cli import app
+
+    site = deployed_site(tmp_path, "approver", approved_models=("0123456789abcdef",))
+    _, examples, metrics = fit(cfg, site, weights)
+    assert examples == 0 and metrics["code"] == "model"
+    run_toml = tmp_path / "run.toml"
+    values = {k: v for k, v in cfg.to_run_config().items() if v != ""}
+    run_toml.write_text("[federation]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
+    shown = CliRunner().invoke(app, ["site", "approve", "--dir", site, "--config", str(run_toml)])
+    text = " ".join(shown.output.split())
+    assert shown.exit_code == 0 and "approval hash" in text and "not approved yet" in text
+    assert "parameters" in text and "labels" in text
+    approved = CliRunner().invoke(
+        app, ["site", "approve", "--dir", site, "--config", str(run_toml), "--write"]
+    )
+    assert approved.exit_code == 0, approved.output
+    update, examples, _ = fit(cfg, site, weights)
     assert update and examples == 30

@@ -71,8 +71,8 @@ def test_federated_run_writes_metrics_checkpoints_summary_and_plots(cfg):
 def corrupt(monkeypatch, site_name, how):
     real_fit = site_mod.SiteRuntime.fit
 
-    def fit(self, weights, cfg, server_round, run_id=""):
-        update, n, metrics = real_fit(self, weights, cfg, server_round, run_id)
+    def fit(self, weights, cfg, server_round, run_id="", **kwargs):
+        update, n, metrics = real_fit(self, weights, cfg, server_round, run_id, **kwargs)
         if self.name == site_name:
             if how == "nan":
                 update[0] = update[0] * np.nan
@@ -117,8 +117,8 @@ def test_aggregate_is_example_weighted_mean_of_accepted_deltas(cfg, monkeypatch)
     seen = {}
     real_fit = site_mod.SiteRuntime.fit
 
-    def spy(self, weights, c, server_round, run_id=""):
-        out = real_fit(self, weights, c, server_round, run_id)
+    def spy(self, weights, c, server_round, run_id="", **kwargs):
+        out = real_fit(self, weights, c, server_round, run_id, **kwargs)
         if server_round == 1:
             seen[self.name] = (weights, out[0], out[1])
         return out
@@ -187,11 +187,11 @@ def test_too_few_usable_updates_stops_the_run_keeping_checkpoints(cfg, monkeypat
     calls = {"n": 0}
     real_fit = site_mod.SiteRuntime.fit
 
-    def failing_from_round_2(self, weights, c, server_round, run_id=""):
+    def failing_from_round_2(self, weights, c, server_round, run_id="", **kwargs):
         if server_round >= 2 and self.name != "site_00000":
             raise RuntimeError("GPU fell off the bus")
         calls["n"] += 1
-        return real_fit(self, weights, c, server_round, run_id)
+        return real_fit(self, weights, c, server_round, run_id, **kwargs)
 
     monkeypatch.setattr(site_mod.SiteRuntime, "fit", failing_from_round_2)
     with pytest.raises(MMFedError, match="round 2: only 1 usable site update"):

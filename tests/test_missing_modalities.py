@@ -92,8 +92,8 @@ def record_fits(monkeypatch) -> dict:
     seen = {}
     real_fit = site_mod.SiteRuntime.fit
 
-    def fit(self, weights, c, server_round, run_id=""):
-        update, n, metrics = real_fit(self, weights, c, server_round, run_id)
+    def fit(self, weights, c, server_round, run_id="", **kwargs):
+        update, n, metrics = real_fit(self, weights, c, server_round, run_id, **kwargs)
         seen[self.name] = ([u.copy() for u in update], *self.group_examples())
         return update, n, metrics
 

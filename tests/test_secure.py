@@ -39,8 +39,8 @@ def spy_sites(monkeypatch, fail: set[str] = frozenset()):
     seen: dict[str, tuple[list[np.ndarray], int]] = {}
     real_fit = site_mod.SiteRuntime.fit
 
-    def fit(self, weights, c, server_round, run_id=""):
-        update, n, metrics = real_fit(self, weights, c, server_round, run_id)
+    def fit(self, weights, c, server_round, run_id="", **kwargs):
+        update, n, metrics = real_fit(self, weights, c, server_round, run_id, **kwargs)
         if self.name in fail:
             raise RuntimeError(f"site {self.name}: lost power after key sharing")
         seen[self.name] = ([u.copy() for u in update], n)

@@ -6,7 +6,7 @@ on the same data fingerprint, by Google's dp-accounting — not by Opacus, which
   (ε, δ) with the bound both libraries use; must match the recorded `epsilon_rdp` to 1e-6 (integer
   orders are exact in both); the final ε also through dp-accounting's own `compute_epsilon`.
 - PRV, every entry: the recorded `epsilon_prv` must never decrease and never exceed the RDP bound.
-- `thorough` also checks every signature, and recomputes each site's final ε with Opacus (RDP and PRV,
+- every signature is verified; `thorough` also recomputes each site's final ε with Opacus (RDP and PRV,
   must match to 1e-6) and with dp-accounting's PLD accountant (must agree with PRV within 2%).
 """
 
@@ -106,7 +106,9 @@ def audit_ledger(
         key_source=str(key_path),
         key_id=keys.key_id(public),
     )
-    entries, problem = ledger.verify(ledger.read_lines(path), public, every_signature=thorough)
+    # every signature, always: a chain re-hashed after an edit still ends in a valid last signature when
+    # the key that signed it is not the site's original (which key_id then names) — and it costs little
+    entries, problem = ledger.verify(ledger.read_lines(path), public, every_signature=True)
     result.entries = entries
     if problem:
         result.problems.append(f"{path}: {problem}")
@@ -327,3 +329,50 @@ def _compare_accountant_state(
 
 def is_finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
+
+
+def check_anchors(audits: list[SiteAudit], run_dirs: list[Path]) -> int:
+    """Every ledger head a server recorded (RUN_DIR/anchors.jsonl) must still be in that site's ledger,
+    byte for byte: a site whose ledger lost one was rolled back or truncated after releasing it. Adds a
+    problem naming the site, run and round to that site's audit (or a new failed one); returns the number
+    of anchors checked."""
+    import json
+
+    from mmfed.federation.rundir import ANCHORS
+
+    by_site = {a.site: a for a in audits}
+    checked = 0
+    for run_dir in run_dirs:
+        path = Path(run_dir) / ANCHORS
+        if not path.is_file():
+            raise MMFedError(f"{run_dir}: no {ANCHORS} here; give the run directory of a federated run")
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                site, index, expected = str(row["site"]), int(row["index"]), str(row["hash"])
+            except (ValueError, KeyError, TypeError):
+                raise MMFedError(f"{path}, line {number}: not an anchor row") from None
+            checked += 1
+            where = f"run {str(row.get('run_id', '?'))[:8]} round {row.get('round', '?')}"
+            target = by_site.get(site)
+            if target is None:
+                target = SiteAudit(site=site, ledger="(not given)", key_source="-", key_id="-")
+                target.problems.append(f"{path}: the server anchored site {site}'s ledger ({where}) "
+                                       "but no ledger of that site was audited")  # fmt: skip
+                audits.append(target)
+                by_site[site] = target
+                continue
+            entries = target.entries
+            if index >= len(entries):
+                target.problems.append(
+                    f"{target.ledger}: the server anchored entry {index} ({where}) but the ledger has "
+                    f"{len(entries)} entries: it was truncated or rolled back after that release"
+                )
+            elif ledger.line_hash(ledger.canonical(entries[index])) != expected:
+                target.problems.append(
+                    f"{target.ledger}: entry {index} is not the one the server anchored ({where}): "
+                    "the ledger was rewritten after that release"
+                )
+    return checked

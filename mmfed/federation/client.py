@@ -126,7 +126,9 @@ class SiteClient(NumPyClient):
             runtime.check_secure_aggregation(self.cfg, secure)
             # SecAgg+: the site's evaluation of the model it receives travels in the masked sum
             sums = runtime.evaluation_sums(parameters, self.cfg) if secure else None
-            update, examples, metrics = runtime.fit(parameters, self.cfg, server_round, run_id=run_id)
+            update, examples, metrics = runtime.fit(
+                parameters, self.cfg, server_round, run_id=run_id, anchor=own_anchor(config, name)
+            )
             # each encoder is averaged over the sites that trained it (mmfed.federation.coverage)
             groups = runtime.release_group_examples(self.cfg, examples)
             update = encode_update(update, runtime.parameter_groups(), groups, examples)
@@ -156,6 +158,17 @@ class SiteClient(NumPyClient):
             )
             key = "refused" if isinstance(exc, Refusal) else "error"
             return 0.0, 0, {"site": name, key: public, "code": code}
+
+
+def own_anchor(config: dict[str, Any], site: str) -> str:
+    """This site's ledger head as the server last recorded it ("INDEX:HASH"), or "" (none yet)."""
+    import json
+
+    try:
+        heads = json.loads(str(config.get("ledger-heads", "{}")))
+    except ValueError:
+        return "malformed"  # refused by the budget's check, as any bad anchor
+    return str(heads.get(site, "")) if isinstance(heads, dict) else "malformed"
 
 
 class SiteFailure(MMFedError):

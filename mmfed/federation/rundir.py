@@ -19,6 +19,7 @@ from mmfed.errors import MMFedError
 from mmfed.federation.config import RESUMABLE_SETTINGS, FederationConfig
 
 LATEST = "latest.json"
+ANCHORS = "anchors.jsonl"
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -105,6 +106,24 @@ class RunDir:
         with (self.path / "metrics.jsonl").open("a") as fh:
             for row in rows:
                 fh.write(json.dumps(row, default=float) + "\n")
+
+    def log_anchors(self, rows: list[dict[str, Any]]) -> None:
+        """Each site's ledger head as it released a round: the anchor outside the site (mmfed audit
+        --anchors checks the sites' ledgers still hold every one)."""
+        with (self.path / ANCHORS).open("a") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, sort_keys=True) + "\n")
+
+    def anchors(self) -> dict[str, dict[str, Any]]:
+        """The last head recorded per site (a resumed run continues from them)."""
+        path = self.path / ANCHORS
+        last: dict[str, dict[str, Any]] = {}
+        if path.exists():
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    last[row["site"]] = row
+        return last
 
     def metrics(self) -> list[dict[str, Any]]:
         path = self.path / "metrics.jsonl"

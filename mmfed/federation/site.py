@@ -112,6 +112,7 @@ class SiteRuntime:
     home: Path  # the site's privacy home: site.toml, keys/, state/ (see mmfed.privacy.budget)
     deployed: bool  # a deployed site must have its own policy and key; a simulated one gets defaults
     planned_modalities: tuple[str, ...] = ()  # simulation: the run's modalities less the plan's (public)
+    labels: tuple[str, ...] = ()  # the run's classes, in order
     model: torch.nn.Module = field(init=False)
     _budget: SiteBudget | None = field(init=False, default=None)
     _held: tuple[str, ...] = field(init=False, default=())
@@ -213,7 +214,7 @@ class SiteRuntime:
         return rounded_size(len(self.train))
 
     def fit(
-        self, weights: list, cfg: FederationConfig, server_round: int, run_id: str = ""
+        self, weights: list, cfg: FederationConfig, server_round: int, run_id: str = "", anchor: str = ""
     ) -> tuple[list, int, dict[str, Any]]:
         """Local training from the global weights; returns (delta, examples, metrics).
 
@@ -221,7 +222,7 @@ class SiteRuntime:
         recorded) when the proposal breaks it."""
         budget = self.budget(cfg)
         if budget is not None:
-            return self._fit_private(weights, cfg, server_round, run_id, budget)
+            return self._fit_private(weights, cfg, server_round, run_id, budget, anchor)
         if not len(self.train):
             raise DataError(f"site {self.name} has no training samples for this run's modalities")
         # seeded by (run seed, round, site): a non-DP round replays exactly, which makes resume
@@ -244,7 +245,13 @@ class SiteRuntime:
         return update, len(self.train), metrics
 
     def _fit_private(
-        self, weights: list, cfg: FederationConfig, server_round: int, run_id: str, budget: SiteBudget
+        self,
+        weights: list,
+        cfg: FederationConfig,
+        server_round: int,
+        run_id: str,
+        budget: SiteBudget,
+        anchor: str = "",
     ) -> tuple[list, int, dict[str, Any]]:
         """A DP round. What leaves the site (README, "What the server learns"): the noised update, the
         public size as FedAvg weight, and the ε bookkeeping; train loss and accuracy stay in the site log."""
@@ -263,7 +270,14 @@ class SiteRuntime:
         set_weights(self.model, weights)
         self.model.to(self.device)
         with budget.exclusive():
-            self._current_policy(budget)
+            budget.check_anchor(anchor)
+            approved = self._current_policy(budget).approved_models
+            if approved and (this := model_approval(self.model_cfg, self.labels)) not in approved:
+                raise Refusal(
+                    "model",
+                    f"site {self.name}: the run's model {this} is not in approved_models {list(approved)}; "
+                    "review it with `mmfed site approve --config RUN.toml`",
+                )
             self._held = self.held_modalities(budget)
             self._set_trainable(cfg, self._held)
             plan = budget.plan(proposal, self.public_examples(budget))
@@ -304,7 +318,7 @@ class SiteRuntime:
             epsilon_prv=entry["epsilon_prv"],
             records_failed=sorted(self.train.samples[i].id for i in failed),
         )  # fmt: skip
-        metrics = {"site": self.name, **{k: entry[k] for k in DP_METRICS}}
+        metrics = {"site": self.name, **{k: entry[k] for k in DP_METRICS}, **ledger_head(entry)}
         if entry["max_epsilon"] is not None:
             metrics["max_epsilon"] = entry["max_epsilon"]
         return update, plan.geometry.public_examples, metrics
@@ -378,6 +392,24 @@ class SiteRuntime:
 
 # what a DP release carries besides the update: the ε bookkeeping and the public geometry
 DP_METRICS = ("epsilon_prv", "epsilon_rdp", "delta", "noise_multiplier", "sample_rate", "steps")
+
+
+def model_approval(model_cfg: ModelConfig, labels: tuple[str, ...] | list[str]) -> str:
+    """What a site approves (`approved_models`): the hash of the model's description and the task's
+    labels — the architecture it will train and what its outputs mean."""
+    return config_hash({"model": model_cfg, "labels": list(labels)})
+
+
+def ledger_head(entry: dict[str, Any]) -> dict[str, Any]:
+    """The ledger entry a release was recorded in, as the server anchors it: index, line hash, signature.
+    Every field of the entry is public or keyed (its data fingerprint is an HMAC under a site secret)."""
+    from mmfed.privacy import ledger
+
+    return {
+        "ledger_index": entry["index"],
+        "ledger_hash": ledger.line_hash(ledger.canonical(entry)),
+        "ledger_signature": entry["signature"],
+    }
 
 
 def library_versions() -> dict[str, str]:
@@ -480,6 +512,7 @@ def load_site(cfg: FederationConfig, node_config: dict[str, Any]) -> SiteRuntime
         all_train=[s for s in samples if s.split == "train"],
         home=home,
         deployed=bool(site_dir),
+        labels=tuple(scenario.labels),
         planned_modalities=() if site_dir else planned_modalities(cfg, model_cfg.modalities, key[1], key[2]),
     )
     _RUNTIMES[key] = runtime

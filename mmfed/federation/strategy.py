@@ -8,6 +8,7 @@ logged reason naming the site, and the round goes on with the rest. Fewer usable
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -87,6 +88,8 @@ class MMFedAvg(FedAvg):
         self._fit_summary: dict[str, Any] = {}
         self._group_examples: dict[str, int] = {}
         self._secure_eval: np.ndarray | None = None  # SecAgg+: (loss sum, correct, examples) over sites
+        # each site's last ledger head (anchors.jsonl; a resumed run continues from them)
+        self.anchors: dict[str, dict[str, Any]] = run_dir.anchors()
 
     def _round(self, server_round: int) -> int:
         return self.offset + server_round
@@ -97,9 +100,12 @@ class MMFedAvg(FedAvg):
             return []
         self._round_start = time.perf_counter()
         instructions = super().configure_fit(server_round, parameters, client_manager)
-        for _, ins in instructions:
+        # every site's last anchored ledger head (site -> "INDEX:HASH"): each checks its own still holds it
+        heads = json.dumps({site: f"{a['index']}:{a['hash']}" for site, a in sorted(self.anchors.items())})
+        for _, ins in instructions:  # one FitIns shared by all sites
             ins.config["server-round"] = self._round(server_round)
             ins.config["run-id"] = self.run_id
+            ins.config["ledger-heads"] = heads
         return instructions
 
     def aggregate_fit(
@@ -140,6 +146,7 @@ class MMFedAvg(FedAvg):
             accepted.append((encoded, res.num_examples))
             metrics = {k: v for k, v in res.metrics.items() if k != "site"}
             self._note_epsilon(site, metrics)
+            self._note_anchor(rnd, site, metrics)
             rows.append({**base, "status": "accepted", "update_norm": verdict.norm, **metrics})
         rows += self._failure_rows(rnd, failures)
         mean = None
@@ -168,6 +175,7 @@ class MMFedAvg(FedAvg):
             rows.append({"round": rnd, "site": site, "kind": "fit", "examples": res.num_examples,
                          "status": "accepted", "secure": True, **metrics})  # fmt: skip
             self._note_epsilon(site, metrics)
+            self._note_anchor(rnd, site, metrics)
         rows += self._failure_rows(rnd, failures)
         mean = None
         if results:
@@ -207,6 +215,19 @@ class MMFedAvg(FedAvg):
                 }
             )
         return rows
+
+    def _note_anchor(self, rnd: int, site: str, metrics: dict[str, Any]) -> None:
+        if "ledger_index" in metrics:
+            row = {
+                "round": rnd,
+                "run_id": self.run_id,
+                "site": site,
+                "index": int(metrics["ledger_index"]),
+                "hash": str(metrics["ledger_hash"]),
+                "signature": str(metrics["ledger_signature"]),
+            }
+            self.anchors[site] = row
+            self.run_dir.log_anchors([row])
 
     def _note_epsilon(self, site: str, metrics: dict[str, Any]) -> None:
         if "epsilon_prv" in metrics:

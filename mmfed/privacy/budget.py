@@ -28,6 +28,7 @@ from typing import Any
 from mmfed.errors import MMFedError
 from mmfed.privacy import accounting, keys, ledger
 from mmfed.privacy.accounting import History
+from mmfed.privacy.fingerprint import keyed
 from mmfed.privacy.geometry import Geometry
 from mmfed.privacy.policy import POLICY_FILE, SitePolicy, load_policy
 
@@ -62,6 +63,7 @@ REFUSALS = {
     "budget": "this round would take the site past its privacy budget (max_epsilon)",
     "delta": "this site's delta is not below 1 / its public size",
     "setting": "a proposed privacy setting is not a finite positive number",
+    "model": "the run's model is not one this site approved (approved_models in its site.toml)",
     "secure-aggregation": "this train message is not SecAgg+ (the run announced it, or the site requires it)",
     "held-modalities": "this site declares no held_modalities in its site.toml",
     "public-size": "this site declares no public size (privacy.public_examples in its site.toml)",
@@ -137,6 +139,8 @@ class SiteBudget:
                 if not (self.home / keys.PRIVATE_KEY).exists():
                     keys.create_key(self.home)
         self.key = keys.load_private_key(self.home)
+        if not fingerprint.startswith("hmac-"):  # what the ledger records: keyed (see fingerprint.py)
+            self.fingerprint = keyed(fingerprint, keys.fingerprint_secret(self.key))
         self.ledger_path = self.home / LEDGER
         self.budget_path = self.home / BUDGET
 
@@ -185,6 +189,25 @@ class SiteBudget:
                     "the accountant state was replaced or edited; restore the matching pair from backup"
                 )
         return from_ledger
+
+    def check_anchor(self, anchor: str) -> None:
+        """`anchor` ("INDEX:HASH"): the last head of this site's ledger the server recorded. A ledger that
+        does not hold it was rolled back or truncated (e.g. a backup restored with its state): refused."""
+        if not anchor:
+            return
+        try:
+            index_text, expected = anchor.split(":", 1)
+            index = int(index_text)
+        except ValueError:
+            raise LedgerRefusal(f"the server sent a malformed ledger anchor {anchor[:80]!r}") from None
+        lines = ledger.read_lines(self.ledger_path)
+        if index >= len(lines) or ledger.line_hash(lines[index]) != expected:
+            have = f"{len(lines)} entries" if index >= len(lines) else f"another entry {index}"
+            raise LedgerRefusal(
+                f"the server recorded this site's ledger head at entry {index} (hash {expected[:12]}…), but "
+                f"{self.ledger_path} has {have}: the ledger was rolled back or truncated (e.g. restored from "
+                "a backup); a released budget is never un-spent — put back the ledger that holds that entry"
+            )
 
     def _verify(self, lines: list[bytes], head: dict[str, Any] | None) -> list[dict[str, Any]]:
         """The ledger's entries: the whole chain checked (cheap hashes), the entry at the site's own

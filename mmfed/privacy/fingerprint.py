@@ -1,12 +1,16 @@
-"""Fingerprint of the data a site trains on: what its privacy budget is keyed by.
+"""Fingerprint of the data a site trains on: which version of its data a ledger entry was made on.
 
 SHA-256 over the sorted training records — id, label, split, text, and the SHA-256 of every file they
-point to (not the path: moving the site directory keeps its budget; editing a file starts a new one).
+point to (not the path: moving the site directory keeps it). The ledger records it *keyed* with a
+secret of the site (`keyed`): the server, which knows every record but one, could otherwise compute the
+plain hash for both candidate datasets and compare it with a ledger entry, or with its hash in the
+ledger head every release carries.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from collections.abc import Sequence
 
@@ -28,3 +32,8 @@ def data_fingerprint(samples: Sequence[Sample]) -> str:
             record["tabular"] = s.tabular
         h.update(json.dumps(record, sort_keys=True).encode() + b"\n")
     return "sha256:" + h.hexdigest()
+
+
+def keyed(fingerprint: str, secret: bytes) -> str:
+    """The fingerprint as the ledger records it: HMAC-SHA256 under the site's secret."""
+    return "hmac-sha256:" + hmac.new(secret, fingerprint.encode(), hashlib.sha256).hexdigest()

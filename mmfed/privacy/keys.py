@@ -77,6 +77,14 @@ def load_private_key(home: Path) -> Ed25519PrivateKey:
     return key
 
 
+def fingerprint_secret(key: Ed25519PrivateKey) -> bytes:
+    """A secret for keying data fingerprints, derived from the site's private key (never leaves the site)."""
+    raw = key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    return hashlib.sha256(b"mmfed data fingerprint\0" + raw).digest()
+
+
 def load_public_key(path: Path) -> Ed25519PublicKey:
     try:
         key = serialization.load_pem_public_key(Path(path).read_bytes())

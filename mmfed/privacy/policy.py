@@ -53,6 +53,9 @@ allowed_modalities = [{allowed}]
 # Draw DP noise and Poisson sampling from a ChaCha20 stream (cryptographically secure, with the
 # floating-point-attack guard) instead of torch's generator. Both are seeded afresh from the OS every round.
 secure_rng = {secure_rng}
+# Models this site agreed to train: hashes printed by `mmfed site approve --config RUN.toml` (the model
+# and the task's labels). Empty: any model the run proposes within the limits above.
+approved_models = [{approved_models}]
 # Send updates only under secure aggregation (SecAgg+): refuse every plain train message.
 require_secure_aggregation = {require_secure_aggregation}
 # Scrub names, dates, ages, contacts, ids and hospitals from clinical text before the model reads it, and
@@ -73,6 +76,7 @@ class SitePolicy:
     max_clipping_norm: float = 10.0
     max_sample_rate: float = 0.25
     allowed_modalities: tuple[str, ...] = MODALITIES
+    approved_models: tuple[str, ...] = ()  # empty: any model
     held_modalities: tuple[str, ...] = ()  # empty: not declared (required under DP when deployed)
     public_examples: int = 0  # 0: not declared (a deployed site must declare it to train under DP)
     secure_rng: bool = True
@@ -118,6 +122,7 @@ class SitePolicy:
             max_clipping_norm=self.max_clipping_norm,
             max_sample_rate=self.max_sample_rate,
             allowed=", ".join(f'"{m}"' for m in self.allowed_modalities),
+            approved_models=", ".join(f'"{m}"' for m in self.approved_models),
             held_modalities=(
                 "held_modalities = [" + ", ".join(f'"{m}"' for m in self.held_modalities) + "]"
                 if self.held_modalities
@@ -156,7 +161,7 @@ def load_policy(path: str | Path) -> SitePolicy:
                 f"{path}: privacy.{key}",
                 "unknown key" + (f"; did you mean {hint[0]!r}?" if hint else f"; known: {sorted(known)}"),
             )
-        if key in ("allowed_modalities", "held_modalities"):
+        if key in ("allowed_modalities", "held_modalities", "approved_models"):
             if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
                 raise ConfigError(
                     f"{path}: privacy.{key}", f'must be a list of names, e.g. ["image"]; got {value!r}'
