@@ -690,6 +690,31 @@ def site_check(dir: Annotated[Path, typer.Option("--dir", help="the site directo
     )
 
 
+@site_app.command("rotate-key")
+def site_rotate_key(
+    dir: Annotated[Path, typer.Option("--dir", help="the site's home (site directory or state-dir)")],
+    lost: Annotated[
+        bool,
+        typer.Option("--lost", help="the old private key is gone: record its loss (every audit reports it)"),
+    ] = False,
+) -> None:
+    """Replace the ledger signing key: a ledger entry announces the new public key, signed by the old
+    key (or, with --lost, by the new one and marked as a loss). The old public key moves to keys/retired/."""
+    from mmfed.privacy.rotation import RETIRED, rotate_key
+
+    try:
+        old, new = rotate_key(dir, lost=lost)
+    except MMFedError as exc:
+        fail(exc)
+    console.print(
+        f"rotated {old} -> {new}{' (recorded as a LOST key)' if lost else ''}; the old public key is in "
+        f"{dir / RETIRED}. Give your privacy officer the new public key "
+        f"{dir / 'keys/ledger-signing.pub.pem'} (fingerprint above) and keep both.",
+        markup=False,
+        highlight=False,
+    )
+
+
 @site_app.command("approve")
 def site_approve(
     dir: Annotated[Path, typer.Option("--dir", help="the site directory (its site.toml)")],

@@ -152,3 +152,52 @@ def test_per_fingerprint_state_of_an_older_site_migrates_composed(tmp_path):
     next(iter((home / BUDGETS).iterdir())).unlink()
     with pytest.raises(LedgerRefusal, match="never reset"):
         SiteBudget(home, "sha256:" + "c" * 64, site="hospital-a").history()
+
+
+# -- key rotation ---------------------------------------------------------------------------------------
+def test_a_rotated_key_keeps_the_chain_of_trust_and_the_budget(tmp_path):
+    from typer.testing import CliRunner
+
+    from mmfed.cli import app
+
+    budget = site(tmp_path)
+    release(budget, 2)
+    original = keys.load_public_key(budget.home / keys.PUBLIC_KEY)
+    done = CliRunner().invoke(app, ["site", "rotate-key", "--dir", str(budget.home)])
+    assert done.exit_code == 0, done.output
+    assert keys.key_id(keys.load_public_key(budget.home / keys.PUBLIC_KEY)) != keys.key_id(original)
+    assert list((budget.home / "keys" / "retired").glob("*.pub.pem"))
+    again = site(tmp_path)  # the new key, and the history it inherits
+    release(again, 1, run="r2")
+    assert sum(steps for *_, steps in again.history()) == 39
+    # the privacy officer's original key still verifies the whole ledger, rotation included
+    (tmp_path / "original.pem").write_bytes(
+        (budget.home / "keys" / "retired" / f"{keys.key_id(original).split(':')[1]}.pub.pem").read_bytes()
+    )
+    report = audit_ledger(budget.ledger_path, None, public_key=tmp_path / "original.pem")
+    assert report.ok, report.problems
+    assert any("rotated to" in n and "announced by the previous key" in n for n in report.notes)
+    assert audit_ledger(budget.ledger_path, budget.home).ok  # the site dir: current + retired keys
+
+
+def test_a_lost_key_is_replaced_only_by_a_recorded_rotation_every_audit_reports(tmp_path):
+    from typer.testing import CliRunner
+
+    from mmfed.cli import app
+
+    budget = site(tmp_path)
+    release(budget, 1)
+    (budget.home / keys.PRIVATE_KEY).unlink()
+    plain = CliRunner().invoke(app, ["site", "rotate-key", "--dir", str(budget.home)])
+    assert plain.exit_code == 2  # without --lost the old key must sign
+    lost = CliRunner().invoke(app, ["site", "rotate-key", "--dir", str(budget.home), "--lost"])
+    assert lost.exit_code == 0, lost.output
+    release(site(tmp_path), 1, run="r2")
+    report = audit_ledger(budget.ledger_path, budget.home)
+    assert report.ok and any("LOST" in n for n in report.notes)
+    # a forged history on a new key (the attack the rotation must not enable) still fails the audit
+    lines = ledger.read_lines(budget.ledger_path)
+    entry = json.loads(lines[0])
+    entry["noise_multiplier"] = 50.0
+    budget.ledger_path.write_bytes(b"\n".join([ledger.canonical(entry), *lines[1:]]) + b"\n")
+    assert not audit_ledger(budget.ledger_path, budget.home).ok

@@ -25,6 +25,7 @@ from mmfed.errors import MMFedError
 from mmfed.privacy import accounting, keys, ledger
 from mmfed.privacy.budget import BUDGET, BUDGETS, LEDGER, ledger_history
 from mmfed.privacy.policy import POLICY_FILE, load_policy
+from mmfed.privacy.rotation import first_public_key
 
 SITE_WIDE = "site"  # DataBudget.fingerprint of the one budget of a site
 SAME = 1e-6  # relative: our own recomputation of what the site recorded
@@ -65,6 +66,7 @@ class SiteAudit:
     problems: list[str] = field(default_factory=list)  # failed checks: each names the entry
     notes: list[str] = field(default_factory=list)
     budgets: list[DataBudget] = field(default_factory=list)
+    chain: list[dict[str, Any]] = field(default_factory=list)  # every entry, key rotations included
 
     @property
     def ok(self) -> bool:
@@ -100,6 +102,9 @@ def audit_ledger(
             f"{keys.PUBLIC_KEY}, obtained from the site out of band)"
         )
     public = keys.load_public_key(key_path)
+    lines = ledger.read_lines(path)
+    if home and public_key is None and lines:
+        public = first_public_key(home, lines, public)  # after a rotation: the key that signed entry 0
     result = SiteAudit(
         site=home.name if home else path.stem,
         ledger=str(path),
@@ -108,11 +113,22 @@ def audit_ledger(
     )
     # every signature, always: a chain re-hashed after an edit still ends in a valid last signature when
     # the key that signed it is not the site's original (which key_id then names) — and it costs little
-    entries, problem = ledger.verify(ledger.read_lines(path), public, every_signature=True)
-    result.entries = entries
+    entries, problem = ledger.verify(lines, public, every_signature=True)
+    result.chain = entries
+    result.entries = [e for e in entries if e.get("kind") != ledger.ROTATION]
     if problem:
         result.problems.append(f"{path}: {problem}")
         return result  # ε of a broken ledger means nothing: fix or restore it first
+    for e in entries:
+        if e.get("kind") == ledger.ROTATION:
+            how = (
+                "the previous key was LOST; this entry is signed by the new key itself, so nothing links "
+                "it to the key you were given"
+                if e.get("lost_previous_key")
+                else "announced by the previous key"
+            )
+            result.notes.append(f"{_line(path, e)}: signing key rotated to {e['new_key_id']} ({how})")
+    entries = result.entries  # the releases (result.chain: every entry, for anchors)
     if entries:
         result.site = str(entries[-1].get("site", result.site))
     cap_file = load_policy(home / POLICY_FILE).max_epsilon if home and (home / POLICY_FILE).exists() else None
@@ -132,11 +148,13 @@ def audit_ledger(
         site_scoped = entries  # one data version before the change: its ε was the site's ε
     result.budgets.append(_recompute(result, path, SITE_WIDE, entries, site_scoped, cap_file, thorough))
     if home:
-        _compare_accountant_state(result, home, entries, legacy)
+        _compare_accountant_state(result, home, result.chain, legacy)
     return result
 
 
 def _line(path: Path, entry: dict[str, Any]) -> str:
+    if entry.get("kind") == ledger.ROTATION:
+        return f"{path}: line {entry['index'] + 1} (entry {entry['index']}, key rotation)"
     where = f"entry {entry['index']}, run {entry['run_id'][:8]}, round {entry['round']}"
     return f"{path}: line {entry['index'] + 1} ({where})"
 
@@ -292,7 +310,8 @@ def _compare_accountant_state(
     budget per site), or, for a site from before it, one state/budget/<fingerprint>.json per data."""
     import json
 
-    if (home / BUDGET).exists() or len(entries) > sum(len(g) for g in legacy.values()):
+    releases = sum(e.get("kind") != ledger.ROTATION for e in entries)
+    if (home / BUDGET).exists() or releases > sum(len(g) for g in legacy.values()):
         states = [(home / BUDGET, entries)]
     else:
         states = [(home / BUDGETS / f"{fp.replace(':', '-')}.json", group) for fp, group in legacy.items()]
@@ -319,7 +338,8 @@ def _compare_accountant_state(
                 "state (a release whose state was not saved, e.g. a crash): the site takes them in next round"
             )
         elif saved != history:
-            spent = accounting.epsilon_rdp(saved, group[-1]["delta"]) if saved else 0.0
+            delta = next(e["delta"] for e in reversed(group) if "delta" in e)
+            spent = accounting.epsilon_rdp(saved, delta) if saved else 0.0
             result.problems.append(
                 f"{state_path}: accountant history differs from the ledger's (accountant: "
                 f"{sum(s for *_, s in saved)} steps, ε_RDP {spent:.4g}; "
@@ -364,7 +384,7 @@ def check_anchors(audits: list[SiteAudit], run_dirs: list[Path]) -> int:
                 audits.append(target)
                 by_site[site] = target
                 continue
-            entries = target.entries
+            entries = target.chain
             if index >= len(entries):
                 target.problems.append(
                     f"{target.ledger}: the server anchored entry {index} ({where}) but the ledger has "

@@ -31,6 +31,7 @@ from mmfed.privacy.accounting import History
 from mmfed.privacy.fingerprint import keyed
 from mmfed.privacy.geometry import Geometry
 from mmfed.privacy.policy import POLICY_FILE, SitePolicy, load_policy
+from mmfed.privacy.rotation import first_public_key
 
 LEDGER = keys.LEDGER_FILE
 BUDGET = "state/budget.json"  # the one accountant state of the site (+ its ledger high-water mark)
@@ -115,8 +116,13 @@ def dp_geometry(public_examples: int, batch_size: int, local_epochs: int) -> tup
 
 
 def ledger_history(entries: list[dict[str, Any]]) -> History:
-    """The accountant history the ledger entries record: (σ, sample rate, steps) of each, in order."""
-    return accounting.compact((e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in entries)
+    """The accountant history the ledger entries record: (σ, sample rate, steps) of each release, in order
+    (key rotations release nothing)."""
+    return accounting.compact(
+        (e["noise_multiplier"], e["sample_rate"], e["steps"])
+        for e in entries
+        if e.get("kind") != ledger.ROTATION
+    )
 
 
 class SiteBudget:
@@ -225,7 +231,7 @@ class SiteBudget:
                     f"{head['hash'][:12]}…): the ledger was edited or replaced"
                 )
         public = self.key.public_key()
-        entries, problem = ledger.verify(lines, public)
+        entries, problem = ledger.verify(lines, first_public_key(self.home, lines, public))
         start = head["index"] + 1 if head else 0
         problem = problem or next(
             (
@@ -264,7 +270,8 @@ class SiteBudget:
         entries = self._verify(lines, None)
         by_fingerprint: dict[str, list[dict[str, Any]]] = {}
         for e in entries:
-            by_fingerprint.setdefault(e["data_fingerprint"], []).append(e)
+            if e.get("kind") != ledger.ROTATION:
+                by_fingerprint.setdefault(e["data_fingerprint"], []).append(e)
         for fingerprint, group in by_fingerprint.items():
             legacy = self.home / BUDGETS / f"{fingerprint.replace(':', '-')}.json"
             try:

@@ -39,9 +39,16 @@ def create_key(home: Path) -> Ed25519PrivateKey:
             f"{'a public key ' + str(public_path) if public_path.exists() else 'a ledger ' + str(ledger)}: "
             "restore the private key from backup; a new key is never made silently (nothing changed)"
         )
+    key = Ed25519PrivateKey.generate()
+    write_key(home, key)
+    return key
+
+
+def write_key(home: Path, key: Ed25519PrivateKey) -> None:
+    """Write `key` as the site's signing key (private 0600 from the first byte, public beside it)."""
+    private_path, public_path = home / PRIVATE_KEY, home / PUBLIC_KEY
     private_path.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(private_path.parent, 0o700)
-    key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -54,7 +61,6 @@ def create_key(home: Path) -> Ed25519PrivateKey:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
-    return key
 
 
 def load_private_key(home: Path) -> Ed25519PrivateKey:

@@ -48,6 +48,12 @@ REQUIRED = {
 }
 
 
+# a key rotation: the new public key, announced by an entry the old key signs (or, when the old key was
+# lost, signed by the new key and marked so: every later audit reports it)
+ROTATION = "key-rotation"
+ROTATION_REQUIRED = {"index": int, "kind": str, "time": str, "new_key_id": str, "new_public_key": str,
+                     "key_id": str, "prev_hash": str, "signature": str}  # fmt: skip
+
 REQUIRED_KEYS = set(REQUIRED)
 # exact types (bool is not a number here); a float field may hold an int (JSON has one number type)
 REQUIRED_TYPES = [(name, (int, float) if kind is float else (kind,)) for name, kind in REQUIRED.items()]
@@ -152,7 +158,6 @@ def verify(
     The chain makes the last entry's signature cover every earlier line, so an intact chain needs one
     signature check; `every_signature` (or any broken link) checks each entry's to name the first bad one.
     """
-    expected_key = key_id(public)
     entries: list[dict[str, Any]] = []
     for number, line in enumerate(lines, start=1):
         try:
@@ -161,6 +166,12 @@ def verify(
             return entries, Problem(number, f"not valid JSON ({exc}): the entry was edited or truncated")
         if not isinstance(entry, dict):
             return entries, Problem(number, "not a JSON object: the entry was edited")
+        if entry.get("kind") == ROTATION:
+            bad = next((n for n, k in ROTATION_REQUIRED.items() if type(entry.get(n)) is not k), None)
+            if bad:
+                return entries, Problem(number, f"key rotation: field {bad!r} missing or mistyped")
+            entries.append(entry)
+            continue
         # fast path: one C-level tuple of the field types; the precise check only when it differs
         if not REQUIRED_KEYS <= entry.keys() or (
             tuple(map(type, _fields(entry))) != EXACT_TYPES
@@ -170,14 +181,33 @@ def verify(
             return entries, Problem(number, f"field {bad!r} is missing or not a {REQUIRED[bad].__name__}")
         entries.append(entry)
 
+    # the key each entry must be signed with: the trusted one, then each rotation's new key
+    signer = [public] * len(entries)
+    current = public
+    for i, entry in enumerate(entries):
+        if entry.get("kind") == ROTATION:
+            try:
+                announced = public_key_from_text(entry["new_public_key"])
+            except MMFedError as exc:
+                return entries, Problem(i + 1, f"key rotation: {exc}")
+            if key_id(announced) != entry["new_key_id"]:
+                return entries, Problem(i + 1, "key rotation: new_key_id is not the announced key's")
+            # a normal rotation is signed by the key it retires; a recorded loss by the new key itself
+            signer[i] = announced if entry.get("lost_previous_key") else current
+            current = announced
+        else:
+            signer[i] = current
+
     def sig_problem(number: int, entry: dict[str, Any]) -> Problem | None:
+        key = signer[number - 1]
+        expected_key = key_id(key)
         if entry["key_id"] != expected_key:
             return Problem(
                 number,
                 f"entry {entry['index']} is signed by key {entry['key_id']}, "
                 f"not the site's key {expected_key}",
             )
-        if not signature_ok(entry, public):
+        if not signature_ok(entry, key):
             return Problem(
                 number,
                 f"entry {entry['index']}: signature does not verify with the site's key: "
@@ -214,3 +244,21 @@ def verify(
         # something is wrong: check every entry so the message names the first bad one
         return entries, verify(lines, public, every_signature=True)[1] or bad
     return entries, None
+
+
+def public_key_from_text(pem: str) -> Ed25519PublicKey:
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        key = serialization.load_pem_public_key(pem.encode())
+    except (ValueError, TypeError):
+        raise MMFedError("the announced public key is not PEM") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise MMFedError("the announced public key is not Ed25519")
+    return key
+
+
+def current_key_id(entries: list[dict[str, Any]], first: str) -> str:
+    """The key that signs the next entry: `first`, or the last rotation's new key."""
+    rotations = [e for e in entries if e.get("kind") == ROTATION]
+    return rotations[-1]["new_key_id"] if rotations else first
