@@ -8,6 +8,7 @@ import pytest
 from localgrid import run_federation as run
 
 from mmfed.audit.check import audit_ledger
+from mmfed.errors import MMFedError
 from mmfed.federation import sitelog
 from mmfed.federation.config import FederationConfig
 from mmfed.federation.site import federation_scenario, site_samples
@@ -190,6 +191,15 @@ def test_a_site_restored_from_backup_is_caught_by_the_servers_anchors(cfg, tmp_p
     assert row["status"] == "refused" and row["code"] == "ledger"
     assert "rolled back" in (home / sitelog.LOG).read_text()
     assert len(ledger_entries(cfg, "site_00001")) == 1  # nothing released on the restored ledger
+    # emptying both the ledger and the state (which the site alone cannot tell from a new site)
+    other = tmp_path / "state" / "site_00002" / "state"
+    (other / "ledger.jsonl").write_bytes(b"")
+    (other / "budget.json").unlink()
+    with pytest.raises(MMFedError, match="only 1 usable"):  # two of three sites refuse: the run stops
+        run(cfg.replace(rounds=5, resume=True))
+    rows = [json.loads(x) for x in open(f"{cfg.run_dir}/metrics.jsonl")]
+    (row,) = [r for r in rows if r["kind"] == "fit" and r["round"] == 5 and r["site"] == "site_00002"]
+    assert row["status"] == "refused" and row["code"] == "ledger"
     result = CliRunner().invoke(app, ["audit", str(tmp_path / "state"), "--anchors", cfg.run_dir])
     text = " ".join(result.output.split())
     assert result.exit_code == 1 and "the server anchored entry 2" in text and "round 3" in text
@@ -198,4 +208,4 @@ def test_a_site_restored_from_backup_is_caught_by_the_servers_anchors(cfg, tmp_p
         app, ["audit", str(tmp_path / "state"), "--anchors", cfg.run_dir, "--format", "json"]
     )
     verdicts = {s["site"]: s["ok"] for s in json.loads(report.stdout)["sites"]}
-    assert verdicts == {"site_00000": True, "site_00001": False, "site_00002": True}
+    assert verdicts == {"site_00000": True, "site_00001": False, "site_00002": False}

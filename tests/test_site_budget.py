@@ -201,3 +201,11 @@ def test_a_lost_key_is_replaced_only_by_a_recorded_rotation_every_audit_reports(
     entry["noise_multiplier"] = 50.0
     budget.ledger_path.write_bytes(b"\n".join([ledger.canonical(entry), *lines[1:]]) + b"\n")
     assert not audit_ledger(budget.ledger_path, budget.home).ok
+
+
+def test_an_emptied_ledger_fails_the_audit_when_the_site_has_released(tmp_path):
+    budget = site(tmp_path)
+    release(budget, 2)
+    budget.ledger_path.write_bytes(b"")
+    report = audit_ledger(budget.ledger_path, budget.home)
+    assert not report.ok and any("released up to entry 1" in p for p in report.problems)

@@ -133,6 +133,8 @@ def audit_ledger(
         result.site = str(entries[-1].get("site", result.site))
     cap_file = load_policy(home / POLICY_FILE).max_epsilon if home and (home / POLICY_FILE).exists() else None
     if not entries:
+        if home and (home / BUDGET).exists():  # an emptied ledger where the site has released before
+            _compare_accountant_state(result, home, result.chain, {})
         return result
     # entries written before one budget per site recorded ε per data fingerprint: checked in that scope
     legacy: dict[str, list[dict[str, Any]]] = defaultdict(list)
