@@ -209,3 +209,14 @@ def test_an_emptied_ledger_fails_the_audit_when_the_site_has_released(tmp_path):
     budget.ledger_path.write_bytes(b"")
     report = audit_ledger(budget.ledger_path, budget.home)
     assert not report.ok and any("released up to entry 1" in p for p in report.problems)
+
+
+def test_a_crash_during_the_first_release_recovers_but_a_deleted_state_does_not(tmp_path):
+    budget = site(tmp_path)
+    release(budget, 1)
+    (budget.home / BUDGET).unlink()  # the first release's state write never happened
+    assert sum(steps for *_, steps in site(tmp_path).history()) == 13
+    release(budget, 1, run="r2")
+    (budget.home / BUDGET).unlink()  # two releases, no state: deleted, not a crash
+    with pytest.raises(LedgerRefusal, match="never reset"):
+        site(tmp_path).history()

@@ -268,9 +268,18 @@ class SiteBudget:
         accountant file per data fingerprint (state/budget/). Each must match its entries of the ledger;
         then they are composed — in ledger order, never dropped — into the one budget."""
         entries = self._verify(lines, None)
+        releases = [e for e in entries if e.get("kind") != ledger.ROTATION]
+        one_budget = [e for e in releases if e.get("budget") == "site"]
+        # the state of the one budget is written right after the ledger: only a crash between the two
+        # writes of the site's very first release leaves one such entry without it
+        if len(one_budget) > 1 or (one_budget and one_budget[-1] is not releases[-1]):
+            raise LedgerRefusal(
+                f"{self.budget_path} is missing but {self.ledger_path} records {len(one_budget)} releases "
+                "of the site's budget: a budget is never reset — restore the file from backup"
+            )
         by_fingerprint: dict[str, list[dict[str, Any]]] = {}
-        for e in entries:
-            if e.get("kind") != ledger.ROTATION:
+        for e in releases:
+            if e.get("budget") != "site":
                 by_fingerprint.setdefault(e["data_fingerprint"], []).append(e)
         for fingerprint, group in by_fingerprint.items():
             legacy = self.home / BUDGETS / f"{fingerprint.replace(':', '-')}.json"
