@@ -209,3 +209,19 @@ def test_a_site_restored_from_backup_is_caught_by_the_servers_anchors(cfg, tmp_p
     )
     verdicts = {s["site"]: s["ok"] for s in json.loads(report.stdout)["sites"]}
     assert verdicts == {"site_00000": True, "site_00001": False, "site_00002": False}
+
+
+def test_a_shared_anchor_file_catches_a_rollback_between_runs(cfg, tmp_path):
+    shared = str(tmp_path / "server" / "anchors.jsonl")
+    first = cfg.replace(rounds=1, anchor_file=shared)
+    run(first)
+    home = tmp_path / "state" / "site_00000"
+    shutil.copytree(home / "state", tmp_path / "backup")
+    run(first.replace(rounds=1, run_dir=str(tmp_path / "run2")))
+    shutil.rmtree(home / "state")
+    shutil.copytree(tmp_path / "backup", home / "state")  # a consistent pair from before run 2
+    run(first.replace(rounds=1, run_dir=str(tmp_path / "run3")))  # a new run: only the shared file knows
+    rows = [json.loads(x) for x in open(tmp_path / "run3" / "metrics.jsonl")]
+    (row,) = [r for r in rows if r["kind"] == "fit" and r["site"] == "site_00000"]
+    assert row["status"] == "refused" and row["code"] == "ledger"
+    assert len(open(shared).read().splitlines()) == 3 + 3 + 2  # every run appended its heads

@@ -17,7 +17,7 @@ from mmfed.errors import ConfigError
 DEFAULT_LR = {"adamw": 2e-3, "sgd": 0.05}
 
 # settings that may differ between a run and its resumption
-RESUMABLE_SETTINGS = ("rounds", "run_dir", "resume", "device", "site_wait_s")
+RESUMABLE_SETTINGS = ("rounds", "run_dir", "resume", "device", "site_wait_s", "anchor_file")
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,9 @@ class FederationConfig:
     max_grad_norm: float = 1.0  # per-sample clipping norm C
     delta: float = 1e-5  # δ for sites without a policy of their own (a site.toml's δ wins)
     state_dir: str = ""  # simulation: each site's privacy state lives in STATE_DIR/<site>
+    # server: a file every run appends each site's ledger head to, and hands sites the last one from, so a
+    # site rolled back between runs is caught too (default: only this run directory's anchors.jsonl)
+    anchor_file: str = ""
     grad_sample_mode: str = "ew"  # Opacus per-sample gradients: ew (fastest here), hooks, functorch
     # secure aggregation (Flower SecAgg+): the server only ever sees the sum of the sites' updates
     secure_aggregation: bool = False

@@ -22,6 +22,19 @@ LATEST = "latest.json"
 ANCHORS = "anchors.jsonl"
 
 
+def read_anchors(path: Path) -> dict[str, dict[str, Any]]:
+    """The last anchor row per site in an anchors file (JSON lines; a cut last line is skipped)."""
+    last: dict[str, dict[str, Any]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+                last[str(row["site"])] = row
+            except (ValueError, KeyError, TypeError):
+                continue
+    return last
+
+
 def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
@@ -107,23 +120,20 @@ class RunDir:
             for row in rows:
                 fh.write(json.dumps(row, default=float) + "\n")
 
-    def log_anchors(self, rows: list[dict[str, Any]]) -> None:
+    def log_anchors(self, rows: list[dict[str, Any]], also: str = "") -> None:
         """Each site's ledger head as it released a round: the anchor outside the site (mmfed audit
-        --anchors checks the sites' ledgers still hold every one)."""
-        with (self.path / ANCHORS).open("a") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, sort_keys=True) + "\n")
+        --anchors checks the sites' ledgers still hold every one). `also`: the server's anchor file
+        shared by all its runs (run config `anchor-file`)."""
+        for path in (self.path / ANCHORS, *([Path(also)] if also else [])):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a") as fh:
+                for row in rows:
+                    fh.write(json.dumps(row, sort_keys=True) + "\n")
 
-    def anchors(self) -> dict[str, dict[str, Any]]:
-        """The last head recorded per site (a resumed run continues from them)."""
-        path = self.path / ANCHORS
-        last: dict[str, dict[str, Any]] = {}
-        if path.exists():
-            for line in path.read_text().splitlines():
-                if line.strip():
-                    row = json.loads(line)
-                    last[row["site"]] = row
-        return last
+    def anchors(self, also: str = "") -> dict[str, dict[str, Any]]:
+        """The last head recorded per site: from `also` (all the server's runs) when given, else from this
+        run directory (a resumed run continues from them)."""
+        return read_anchors(Path(also) if also else self.path / ANCHORS)
 
     def metrics(self) -> list[dict[str, Any]]:
         path = self.path / "metrics.jsonl"

@@ -89,7 +89,7 @@ class MMFedAvg(FedAvg):
         self._group_examples: dict[str, int] = {}
         self._secure_eval: np.ndarray | None = None  # SecAgg+: (loss sum, correct, examples) over sites
         # each site's last ledger head (anchors.jsonl; a resumed run continues from them)
-        self.anchors: dict[str, dict[str, Any]] = run_dir.anchors()
+        self.anchors: dict[str, dict[str, Any]] = run_dir.anchors(cfg.anchor_file)
 
     def _round(self, server_round: int) -> int:
         return self.offset + server_round
@@ -227,7 +227,7 @@ class MMFedAvg(FedAvg):
                 "signature": str(metrics["ledger_signature"]),
             }
             self.anchors[site] = row
-            self.run_dir.log_anchors([row])
+            self.run_dir.log_anchors([row], also=self.cfg.anchor_file)
 
     def _note_epsilon(self, site: str, metrics: dict[str, Any]) -> None:
         if "epsilon_prv" in metrics:
