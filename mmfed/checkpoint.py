@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mmfed.errors import MMFedError
+from mmfed.files import write_atomic
 
 
 def save_checkpoint(model: nn.Module, path: Path, metadata: dict[str, Any]) -> Path:
@@ -18,13 +18,9 @@ def save_checkpoint(model: nn.Module, path: Path, metadata: dict[str, Any]) -> P
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"mmfed": json.dumps(metadata, sort_keys=True, default=str)})
-    os.replace(tmp, path)
-    sidecar = path.with_suffix(".json")
-    tmp_json = sidecar.with_name(sidecar.name + ".tmp")
-    tmp_json.write_text(json.dumps(metadata, indent=2, sort_keys=True, default=str))
-    os.replace(tmp_json, sidecar)
+    meta = {"mmfed": json.dumps(metadata, sort_keys=True, default=str)}
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    write_atomic(path.with_suffix(".json"), json.dumps(metadata, indent=2, sort_keys=True, default=str))
     return path
 
 

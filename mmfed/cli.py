@@ -756,6 +756,9 @@ def site_approve(
         console.print(f"already approved in {policy_path}", markup=False)
     elif write:
         import re
+        import tomllib
+
+        from mmfed.files import write_atomic
 
         text = policy_path.read_text()
         listed = ", ".join(f'"{h}"' for h in (*policy.approved_models, approval))
@@ -766,10 +769,12 @@ def site_approve(
             if pattern.search(text)
             else re.sub(r"^\[privacy\]\s*$", f"[privacy]\n{line}", text, count=1, flags=re.M)
         )
-        tmp = policy_path.with_name(policy_path.name + ".tmp")
-        tmp.write_text(updated)
-        load_policy(tmp)  # never write a policy that does not read back
-        tmp.replace(policy_path)
+        try:
+            tomllib.loads(updated)  # never write a policy that does not read back
+        except tomllib.TOMLDecodeError as exc:
+            fail(MMFedError(f"{policy_path}: could not add the hash ({exc}); add it by hand"))
+        write_atomic(policy_path, updated)
+        load_policy(policy_path)
         console.print(f"approved: {policy_path} approved_models now lists {approval}", markup=False)
     else:
         console.print(f"not approved yet: rerun with --write to add it to {policy_path}", markup=False)

@@ -6,11 +6,13 @@ Keyed by content (not path or mtime) so that a renamed or copied file hits, and 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from mmfed.files import write_atomic
 
 
 def default_cache_dir() -> Path:
@@ -62,8 +64,6 @@ class ArrayCache:
         if self.root is None:
             return
         entry = self._entry(path, settings_key)
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=entry.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array, allow_pickle=False)
-        os.replace(tmp, entry)
+        buffer = io.BytesIO()
+        np.save(buffer, array, allow_pickle=False)
+        write_atomic(entry, buffer.getvalue(), durable=False)  # a lost cache entry is recomputed

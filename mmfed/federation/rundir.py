@@ -7,7 +7,6 @@ the last complete round, so a restarted server with `resume` continues from ther
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from safetensors.numpy import load_file, save_file
 
 from mmfed.errors import MMFedError
 from mmfed.federation.config import RESUMABLE_SETTINGS, FederationConfig
+from mmfed.files import write_atomic
 
 LATEST = "latest.json"
 ANCHORS = "anchors.jsonl"
@@ -36,9 +36,7 @@ def read_anchors(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 class RunDir:
@@ -104,10 +102,9 @@ class RunDir:
 
     def save_round(self, server_round: int, weights: list[np.ndarray], metadata: dict[str, Any]) -> Path:
         path = self.checkpoints / f"round_{server_round:04d}.safetensors"
-        tmp = path.with_name(path.name + ".tmp")
         tensors = {k: np.ascontiguousarray(w) for k, w in zip(self.keys, weights, strict=True)}
-        save_file(tensors, str(tmp), metadata={"mmfed": json.dumps(metadata, default=str)})
-        os.replace(tmp, path)
+        meta = {"mmfed": json.dumps(metadata, default=str)}
+        write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
         _write_json(path.with_suffix(".json"), metadata)
         _write_json(
             self.checkpoints / LATEST, {"round": server_round, "file": path.name}
@@ -147,9 +144,7 @@ class RunDir:
         """A round that crashed half-way may have logged rows; its replay will log them again."""
         rows = [r for r in self.metrics() if r.get("round", 0) <= server_round]
         path = self.path / "metrics.jsonl"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        os.replace(tmp, path)
+        write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         _write_json(self.path / "summary.json", summary)

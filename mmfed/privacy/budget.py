@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mmfed.errors import MMFedError
+from mmfed.files import write_atomic
 from mmfed.privacy import accounting, keys, ledger
 from mmfed.privacy.accounting import History
 from mmfed.privacy.fingerprint import keyed
@@ -311,9 +311,7 @@ class SiteBudget:
             # the site's high-water mark: the last entry it wrote (a shorter ledger is refused)
             "ledger_head": head,
         }
-        tmp = self.budget_path.with_name(self.budget_path.name + ".tmp")
-        tmp.write_text(json.dumps(state, indent=1))
-        os.replace(tmp, self.budget_path)
+        write_atomic(self.budget_path, json.dumps(state, indent=1))
 
     def spent(self) -> tuple[float, float]:
         """(ε PRV, ε RDP) the site has spent so far, over every release, at the policy's δ."""

@@ -9,13 +9,10 @@ breaks the next entry's `prev_hash`; a deleted, inserted or reordered entry brea
 from __future__ import annotations
 
 import base64
-import fcntl
 import hashlib
 import json
 import operator
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +21,7 @@ import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from mmfed import files
 from mmfed.errors import MMFedError
 from mmfed.privacy.keys import key_id
 
@@ -69,16 +67,7 @@ def line_hash(line: bytes) -> str:
     return hashlib.sha256(line.rstrip(b"\n")).hexdigest()
 
 
-@contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Exclusive lock on `path`.lock: one writer of a site's budget and ledger at a time, across processes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+locked = files.locked  # one writer of a site's budget and ledger at a time, across processes
 
 
 def read_lines(path: Path) -> list[bytes]:

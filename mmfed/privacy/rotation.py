@@ -6,7 +6,6 @@ audit reports that entry. The retired public key stays in keys/retired/ for audi
 from __future__ import annotations
 
 import json
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from mmfed.errors import MMFedError
+from mmfed.files import write_atomic
 from mmfed.privacy import keys, ledger
 
 RETIRED = "keys/retired"
@@ -64,9 +64,7 @@ def rotate_key(home: Path, lost: bool = False) -> tuple[str, str]:
                 "index": entry["index"],
                 "hash": ledger.line_hash(ledger.canonical(entry)),
             }
-            tmp = state_path.with_name(state_path.name + ".tmp")
-            tmp.write_text(json.dumps(state, indent=1))
-            os.replace(tmp, state_path)
+            write_atomic(state_path, json.dumps(state, indent=1))
         retired = home / RETIRED
         retired.mkdir(parents=True, exist_ok=True)
         old_id = keys.key_id(old_public)

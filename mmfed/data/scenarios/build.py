@@ -73,17 +73,10 @@ def _existing(root: Path, settings: dict[str, Any], marker: str) -> list[Path] |
 @contextlib.contextmanager
 def _exclusive(root: Path) -> Iterator[None]:
     """An exclusive lock next to root, so concurrent callers build once and the others wait."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock; the atomic rename still keeps a build whole
+    from mmfed.files import locked
+
+    with locked(root.parent / f".{root.name}"):
         yield
-        return
-    with (root.parent / f".{root.name}.lock").open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _remove_leftovers(root: Path) -> None:
