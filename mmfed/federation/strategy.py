@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from flwr.common import FitRes, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import FitIns, FitRes, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
@@ -90,6 +90,7 @@ class MMFedAvg(FedAvg):
         self._secure_eval: np.ndarray | None = None  # SecAgg+: (loss sum, correct, examples) over sites
         # each site's last ledger head (anchors.jsonl; a resumed run continues from them)
         self.anchors: dict[str, dict[str, Any]] = run_dir.anchors(cfg.anchor_file)
+        self._node_site: dict[int, str] = {}  # which site answers on which node (from its results)
 
     def _round(self, server_round: int) -> int:
         return self.offset + server_round
@@ -100,13 +101,18 @@ class MMFedAvg(FedAvg):
             return []
         self._round_start = time.perf_counter()
         instructions = super().configure_fit(server_round, parameters, client_manager)
-        # every site's last anchored ledger head (site -> "INDEX:HASH"): each checks its own still holds it
-        heads = json.dumps({site: f"{a['index']}:{a['hash']}" for site, a in sorted(self.anchors.items())})
-        for _, ins in instructions:  # one FitIns shared by all sites
-            ins.config["server-round"] = self._round(server_round)
-            ins.config["run-id"] = self.run_id
-            ins.config["ledger-heads"] = heads
-        return instructions
+        # each site's last anchored ledger head ("INDEX:HASH"), to check its ledger still holds it: only its
+        # own once the server knows which node it answers on; every site's to a node not seen yet (the
+        # first round of a server process), so a rollback is caught from the first round of a resumed run
+        heads = {site: f"{a['index']}:{a['hash']}" for site, a in self.anchors.items()}
+        everyone = json.dumps(dict(sorted(heads.items())))
+        personal = []
+        for proxy, ins in instructions:  # one FitIns shared by all sites: give each its own
+            site = self._node_site.get(proxy.node_id)
+            own = everyone if site is None else json.dumps({site: heads[site]} if site in heads else {})
+            config = {**ins.config, "server-round": self._round(server_round), "run-id": self.run_id}
+            personal.append((proxy, FitIns(ins.parameters, {**config, "ledger-heads": own})))
+        return personal
 
     def aggregate_fit(
         self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: list[Any]
@@ -146,6 +152,8 @@ class MMFedAvg(FedAvg):
             accepted.append((encoded, res.num_examples))
             metrics = {k: v for k, v in res.metrics.items() if k != "site"}
             self._note_epsilon(site, metrics)
+            self._node_site[proxy.node_id] = site
+            self._node_site[proxy.node_id] = site
             self._note_anchor(rnd, site, metrics)
             rows.append({**base, "status": "accepted", "update_norm": verdict.norm, **metrics})
         rows += self._failure_rows(rnd, failures)
