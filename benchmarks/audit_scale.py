@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 from common import table  # noqa: E402
 
-from mmfed.privacy import accounting, keys, ledger  # noqa: E402
+from mmfed.privacy import accounting, ledger, site_keys  # noqa: E402
 from mmfed.privacy.budget import BUDGET, LEDGER  # noqa: E402
 from mmfed.privacy.policy import SitePolicy  # noqa: E402
 
@@ -38,7 +38,7 @@ def generate(root: Path, sites: int, rounds: int, steps: int = 8) -> None:
         home = root / f"site_{s:03d}"
         home.mkdir(parents=True)
         (home / "site.toml").write_text(SitePolicy(max_epsilon=1e6, delta=DELTA).template())
-        key = keys.create_key(home)
+        key = site_keys.create_key(home)
         q = 1 / int(rng.integers(4, 40))
         sigma = float(np.round(rng.uniform(1.5, 4.0), 3))
         per_step = np.asarray(compute_rdp(q=q, noise_multiplier=sigma, steps=1, orders=orders))

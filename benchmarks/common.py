@@ -34,7 +34,7 @@ def simulate_timed(cfg) -> tuple[dict, float, list[dict]]:
     """One real `mmfed simulate` run of `cfg` (Ray, 1 CPU per site): (summary, wall seconds, metrics rows)."""
     import json
 
-    from mmfed.federation.simulation import simulate
+    from mmfed.server.simulation import simulate
 
     t0 = time.perf_counter()
     summary = simulate(cfg, cpus_per_site=1.0)

@@ -120,7 +120,7 @@ def main() -> str:
 
 
 def _majority(cfg: FederationConfig) -> float:
-    from mmfed.federation.site import federation_scenario
+    from mmfed.site.runtime import federation_scenario
 
     tests = [s.label for m in federation_scenario(cfg).load_sites() for s in m.split("test")]
     return max(tests.count(label) for label in set(tests)) / len(tests)

@@ -29,17 +29,17 @@ def simulated_round(data: Path, work: Path) -> float:
     from localgrid import LocalGrid, server_context
 
     from mmfed.data.scenarios import prepare_scenario
-    from mmfed.federation.apps import make_client_app, make_server_app
     from mmfed.federation.config import FederationConfig
-    from mmfed.privacy import keys
+    from mmfed.privacy import site_keys
     from mmfed.privacy.policy import SitePolicy
+    from mmfed.server.apps import make_client_app, make_server_app
 
     sites = []
     for site in prepare_scenario("fsdd-mnist", data_dir=data).sites[:3]:
         copy = work / "sites" / site.name
         shutil.copytree(site, copy)
         (copy / "site.toml").write_text(SitePolicy().template())
-        keys.create_key(copy)
+        site_keys.create_key(copy)
         sites.append(copy)
     cfg = FederationConfig.from_mapping(
         {

@@ -166,8 +166,8 @@ def _zero_shot(cfg: FederationConfig, initial: Path) -> float:
 
     from mmfed.checkpoint import load_checkpoint
     from mmfed.data.dataset import Collate, MultimodalDataset, Processors
-    from mmfed.federation.site import federation_scenario
     from mmfed.models import build_model
+    from mmfed.site.runtime import federation_scenario
     from mmfed.train.loop import evaluate
 
     scenario = federation_scenario(cfg)

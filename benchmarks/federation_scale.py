@@ -18,7 +18,7 @@ import psutil  # noqa: E402
 from common import table  # noqa: E402
 
 from mmfed.federation.config import FederationConfig  # noqa: E402
-from mmfed.federation.simulation import simulate  # noqa: E402
+from mmfed.server.simulation import simulate  # noqa: E402
 
 SAMPLES = 20  # per site
 DISCUSSION = (

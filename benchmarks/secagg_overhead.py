@@ -20,8 +20,8 @@ from common import table  # noqa: E402
 
 from mmfed.config import DataSpec, ModelConfig  # noqa: E402
 from mmfed.federation.config import FederationConfig  # noqa: E402
-from mmfed.federation.simulation import simulate  # noqa: E402
 from mmfed.models import build_model, count_parameters  # noqa: E402
+from mmfed.server.simulation import simulate  # noqa: E402
 
 MODELS = [("image+audio (default)", "image,audio"), ("image+audio+text", "image,audio,text")]
 

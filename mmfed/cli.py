@@ -303,7 +303,7 @@ def simulate(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from mmfed.federation.config import FederationConfig
-    from mmfed.federation.simulation import simulate as run_simulation
+    from mmfed.server.simulation import simulate as run_simulation
 
     options = {
         "scenario": scenario,
@@ -367,7 +367,7 @@ def simulate(
         from mmfed.data.scenarios import FIXED_SITE_SCENARIOS
 
         if cfg.partition == "natural" and cfg.scenario in FIXED_SITE_SCENARIOS:
-            from mmfed.federation.site import federation_scenario
+            from mmfed.site.runtime import federation_scenario
 
             natural = len(federation_scenario(cfg).sites)  # also builds it once, before any worker starts
             if sites is None:  # the data decides how many sites there are
@@ -571,7 +571,7 @@ def site_init(
     """Create the site's policy (site.toml) and ledger signing key; validate its manifest; say what next.
     Never overwrites: an existing policy or key is kept."""
     from mmfed.config import MODALITIES
-    from mmfed.privacy import keys
+    from mmfed.privacy import site_keys
     from mmfed.privacy.geometry import rounded_size
     from mmfed.privacy.policy import POLICY_FILE, SitePolicy, load_policy
 
@@ -588,7 +588,7 @@ def site_init(
         dir,
         [dir / "manifest.csv", dir / "labels.txt"],
         folder=True,
-        writes=(POLICY_FILE, keys.PRIVATE_KEY, keys.PUBLIC_KEY),
+        writes=(POLICY_FILE, site_keys.PRIVATE_KEY, site_keys.PUBLIC_KEY),
         own=dir,
         instead="nothing was written",
     )
@@ -616,12 +616,14 @@ def site_init(
                 "review it",
                 markup=False,
             )
-        if (dir / keys.PRIVATE_KEY).exists():
-            key = keys.load_private_key(dir)
-            console.print(f"kept existing key {dir / keys.PRIVATE_KEY}", markup=False)
+        if (dir / site_keys.PRIVATE_KEY).exists():
+            key = site_keys.load_private_key(dir)
+            console.print(f"kept existing key {dir / site_keys.PRIVATE_KEY}", markup=False)
         else:
-            key = keys.create_key(dir)
-            console.print(f"created ledger signing key {dir / keys.PRIVATE_KEY} (mode 0600)", markup=False)
+            key = site_keys.create_key(dir)
+            console.print(
+                f"created ledger signing key {dir / site_keys.PRIVATE_KEY} (mode 0600)", markup=False
+            )
     except MMFedError as exc:
         fail(exc)
     console.print(
@@ -643,8 +645,9 @@ def site_init(
     console.print(
         "\nnext:\n"
         f"  1. review {policy_path} (the ε cap, δ and the limits on what a run may propose)\n"
-        f"  2. give your privacy officer the public key {dir / keys.PUBLIC_KEY}\n"
-        f"     (fingerprint {keys.key_id(key.public_key())}); keep {dir / keys.PRIVATE_KEY} private\n"
+        f"  2. give your privacy officer the public key {dir / site_keys.PUBLIC_KEY}\n"
+        f"     (fingerprint {site_keys.key_id(key.public_key())});"
+        f" keep {dir / site_keys.PRIVATE_KEY} private\n"
         f"  3. mmfed site check --dir {dir}   (policy, key, manifest, budget spent so far)\n"
         "  4. get from the server operator: the SuperLink address, its CA certificate (ca.crt), and an\n"
         "     authentication key pair (`mmfed certs node --out keys --name SITE`; send them keys/SITE.pub)\n"
@@ -661,7 +664,7 @@ def site_init(
 @site_app.command("check")
 def site_check(dir: Annotated[Path, typer.Option("--dir", help="the site directory")]) -> None:
     """Validate the site's policy, key and manifest, and show the privacy budget spent so far."""
-    from mmfed.privacy import keys
+    from mmfed.privacy import site_keys
     from mmfed.privacy.budget import SiteBudget
     from mmfed.privacy.fingerprint import data_fingerprint
 
@@ -682,7 +685,7 @@ def site_check(dir: Annotated[Path, typer.Option("--dir", help="the site directo
         highlight=False,
         markup=False,
     )
-    console.print(f"key {keys.key_id(budget.key.public_key())}", highlight=False)
+    console.print(f"key {site_keys.key_id(budget.key.public_key())}", highlight=False)
     console.print(
         f"ε spent {prv:.3f} (PRV), {rdp:.3f} (RDP), over every release (data now {fingerprint[:19]}); "
         f"remaining {policy.max_epsilon - prv:.3f}",
@@ -700,7 +703,7 @@ def site_rotate_key(
 ) -> None:
     """Replace the ledger signing key: a ledger entry announces the new public key, signed by the old
     key (or, with --lost, by the new one and marked as a loss). The old public key moves to keys/retired/."""
-    from mmfed.privacy.rotation import RETIRED, rotate_key
+    from mmfed.privacy.key_rotation import RETIRED, rotate_key
 
     try:
         old, new = rotate_key(dir, lost=lost)
@@ -726,9 +729,9 @@ def site_approve(
     """Show what a run would train at this site — task, labels, modalities, model, parameters — and its
     approval hash; with --write, approve it (site.toml's approved_models)."""
     from mmfed.federation.config import FederationConfig
-    from mmfed.federation.site import federation_scenario, model_approval
     from mmfed.models import build_model, count_parameters
     from mmfed.privacy.policy import POLICY_FILE, load_policy
+    from mmfed.site.runtime import federation_scenario, model_approval
 
     try:
         cfg = FederationConfig.from_toml(config)
@@ -788,7 +791,7 @@ def certs_server(
     force: Annotated[bool, typer.Option(help="replace an existing server key")] = False,
 ) -> None:
     """A CA (created once, then reused) and the SuperLink's TLS certificate for the given hosts."""
-    from mmfed.secure import certs
+    from mmfed.pki import certs
 
     writes = (certs.CA_KEY, certs.CA_CERT, certs.SERVER_KEY, certs.SERVER_CERT)
     refuse_protected("--out", out, folder=True, writes=writes, instead="choose another --out folder")
@@ -812,7 +815,7 @@ def certs_node(
     force: Annotated[bool, typer.Option(help="replace an existing key")] = False,
 ) -> None:
     """An EC P-384 key pair (OpenSSH format) that authenticates a SuperNode to the SuperLink."""
-    from mmfed.secure import certs
+    from mmfed.pki import certs
 
     refuse_protected(
         "--out", out, folder=True, writes=(name, f"{name}.pub"), instead="choose another --out folder"
@@ -851,7 +854,7 @@ def audit(
     failed check or any site over its cap."""
     from mmfed.audit import report
     from mmfed.audit.check import audit_ledger, check_anchors, find_ledgers
-    from mmfed.privacy import keys
+    from mmfed.privacy import site_keys
 
     if format not in ("text", "md", "html", "json"):
         fail(MMFedError(f"--format {format!r}: use text, md, html or json"))
@@ -859,7 +862,12 @@ def audit(
         found = find_ledgers(paths)
         if public_key and len(found) > 1:
             raise MMFedError("--public-key applies to one ledger; audit site directories to use their keys")
-        reads = [*paths, public_key, *(p for p, _ in found), *(h / keys.PUBLIC_KEY for _, h in found if h)]
+        reads = [
+            *paths,
+            public_key,
+            *(p for p, _ in found),
+            *(h / site_keys.PUBLIC_KEY for _, h in found if h),
+        ]
         reads += [Path(d) / "anchors.jsonl" for d in anchors or []]
         refuse_protected("--output", output, reads)
         plot = ("epsilon_per_round.png",)

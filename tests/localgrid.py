@@ -83,7 +83,7 @@ def server_context() -> Context:
 
 def run_federation(cfg, nodes: int | None = None, node_configs: list[dict] | None = None) -> dict:
     """The real ServerApp and ClientApp of `cfg` on a LocalGrid; returns the run summary."""
-    from mmfed.federation.apps import make_client_app, make_server_app
+    from mmfed.server.apps import make_client_app, make_server_app
 
     result: dict = {}
     grid = LocalGrid(make_client_app(cfg), nodes or len(node_configs or []) or cfg.sites, node_configs)

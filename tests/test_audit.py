@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 from mmfed.audit.check import audit_ledger, find_ledgers
 from mmfed.cli import app
 from mmfed.errors import MMFedError
-from mmfed.privacy import accounting, keys, ledger
+from mmfed.privacy import accounting, ledger, site_keys
 from mmfed.privacy.budget import LEDGER, Proposal, SiteBudget
 from mmfed.privacy.policy import SitePolicy
 
@@ -18,7 +18,7 @@ def make_site(tmp_path, name="hospital-a", rounds=5, cap=20.0, sigma=1.1):
     home = tmp_path / name
     home.mkdir()
     (home / "site.toml").write_text(SitePolicy(max_epsilon=cap).template())
-    keys.create_key(home)
+    site_keys.create_key(home)
     budget = SiteBudget(home, "sha256:" + "cd" * 32, site=name)
     offer = Proposal(
         noise_multiplier=sigma,
@@ -110,7 +110,7 @@ def test_entry_signed_with_another_key_is_named(tmp_path):
     home = make_site(tmp_path)
     other = make_site(tmp_path, name="intruder")
     lines = lines_of(home)
-    intruder = keys.load_private_key(other)
+    intruder = site_keys.load_private_key(other)
     # re-sign entries 3 and 4 with the intruder's key, keeping the chain intact
     kept = lines[:3]
     for line in lines[3:]:
@@ -130,14 +130,14 @@ def test_entry_signed_with_another_key_is_named(tmp_path):
 def test_wrong_public_key_fails_on_the_first_entry(tmp_path):
     home = make_site(tmp_path)
     other = make_site(tmp_path, name="other")
-    result = audit_ledger(home / LEDGER, None, public_key=other / keys.PUBLIC_KEY)
+    result = audit_ledger(home / LEDGER, None, public_key=other / site_keys.PUBLIC_KEY)
     assert not result.ok and "line 1" in result.problems[0] and "not the site's key" in result.problems[0]
 
 
 def test_signed_but_wrong_epsilon_is_flagged_by_recomputation(tmp_path):
     """A site that signs a wrong ε (a bug, or a lie) is caught by the independent accountants."""
     home = make_site(tmp_path, rounds=2)
-    key = keys.load_private_key(home)
+    key = site_keys.load_private_key(home)
     last = json.loads(lines_of(home)[-1])
     fields = {k: v for k, v in last.items() if k not in ("signature", "index", "prev_hash", "key_id")}
     fields.update(round=3, epsilon_rdp=last["epsilon_rdp"] * 0.5, epsilon_prv=last["epsilon_prv"] * 0.5)
@@ -204,43 +204,43 @@ def test_a_site_that_changed_its_delta_still_verifies(tmp_path):
 # -- a lost key is never replaced silently (the forged-history attack) --------------------------------
 def test_a_site_that_lost_its_key_never_signs_again_with_a_new_one(tmp_path):
     home = make_site(tmp_path, rounds=2)
-    public = (home / keys.PUBLIC_KEY).read_bytes()
-    (home / keys.PRIVATE_KEY).unlink()  # the attacker (or an accident) deletes the signing key
+    public = (home / site_keys.PUBLIC_KEY).read_bytes()
+    (home / site_keys.PRIVATE_KEY).unlink()  # the attacker (or an accident) deletes the signing key
     with pytest.raises(MMFedError, match="restore the private key"):
-        keys.create_key(home)
+        site_keys.create_key(home)
     # a simulated site would make a key on first use: not while its ledger exists
-    (home / keys.PUBLIC_KEY).unlink()
+    (home / site_keys.PUBLIC_KEY).unlink()
     with pytest.raises(MMFedError, match="restore the private key"):
         SiteBudget(home, "sha256:" + "cd" * 32, site="h", simulated_policy=SitePolicy(max_epsilon=20.0))
-    assert not (home / keys.PRIVATE_KEY).exists()
-    (home / keys.PUBLIC_KEY).write_bytes(public)
+    assert not (home / site_keys.PRIVATE_KEY).exists()
+    (home / site_keys.PUBLIC_KEY).write_bytes(public)
     # and `mmfed site init` after a lost key keeps the public key and says what to do
     site = tmp_path / "site"
     site.mkdir()
     (site / "manifest.csv").write_text("id,label,split,image\n")
     (site / "keys").mkdir()
-    (site / keys.PUBLIC_KEY).write_bytes(public)
+    (site / site_keys.PUBLIC_KEY).write_bytes(public)
     result = CliRunner().invoke(app, ["site", "init", "--dir", str(site)])
-    assert result.exit_code == 2 and (site / keys.PUBLIC_KEY).read_bytes() == public
-    assert not (site / keys.PRIVATE_KEY).exists()
+    assert result.exit_code == 2 and (site / site_keys.PUBLIC_KEY).read_bytes() == public
+    assert not (site / site_keys.PRIVATE_KEY).exists()
 
 
 def test_a_garbage_private_key_is_named_not_a_traceback(tmp_path):
-    keys.create_key(tmp_path)
-    (tmp_path / keys.PRIVATE_KEY).write_bytes(b"-----BEGIN PRIVATE KEY-----\nnot a key\n")
+    site_keys.create_key(tmp_path)
+    (tmp_path / site_keys.PRIVATE_KEY).write_bytes(b"-----BEGIN PRIVATE KEY-----\nnot a key\n")
     with pytest.raises(MMFedError, match="not a readable PEM private key"):
-        keys.load_private_key(tmp_path)
+        site_keys.load_private_key(tmp_path)
 
 
 def test_the_audit_flags_a_delta_not_below_one_over_the_public_size(tmp_path):
     home = make_site(tmp_path, rounds=2)
     lines = lines_of(home)
-    key = keys.load_private_key(home)
+    key = site_keys.load_private_key(home)
     # an old entry written before the plan refused it: re-signed as the site would have
     entry = json.loads(lines[0])
     fields = {k: v for k, v in entry.items() if k not in ("index", "prev_hash", "key_id", "signature")}
     fields["public_examples"] = round(1 / entry["delta"])
     (home / LEDGER).unlink()
     ledger.append(home / LEDGER, key, fields)
-    result = audit_ledger(home / LEDGER, None, public_key=home / keys.PUBLIC_KEY)
+    result = audit_ledger(home / LEDGER, None, public_key=home / site_keys.PUBLIC_KEY)
     assert not result.ok and any("is not below 1/100000" in p for p in result.problems)

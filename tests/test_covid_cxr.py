@@ -16,7 +16,7 @@ from mmfed.data.scenarios import prepare_scenario
 from mmfed.data.scenarios.covid_cxr import LABELS, assign_sites, generate_covid_cxr
 from mmfed.errors import ConfigError, DataError
 from mmfed.federation.config import FederationConfig
-from mmfed.federation.site import federation_scenario
+from mmfed.site.runtime import federation_scenario
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +207,7 @@ def test_data_deid_previews_what_the_model_sees(tmp_path):
 def test_deployed_hospitals_train_with_a_server_that_has_no_data(cxr, tmp_path):
     """Deployment: each hospital points its SuperNode at its own site directory; the server's run config
     names the scenario but no data folder, and the model is built from the scenario's description."""
-    from mmfed.privacy import keys
+    from mmfed.privacy import site_keys
     from mmfed.privacy.geometry import rounded_size
     from mmfed.privacy.policy import SitePolicy
 
@@ -225,7 +225,7 @@ def test_deployed_hospitals_train_with_a_server_that_has_no_data(cxr, tmp_path):
             max_epsilon=8.0, max_sample_rate=1.0, public_examples=rounded_size(train), held_modalities=held
         )
         (copy / "site.toml").write_text(policy.template())
-        keys.create_key(copy)
+        site_keys.create_key(copy)
         hospitals.append(copy)
     cfg = FederationConfig(
         scenario="covid-cxr",  # no data-dir: the server never sees the hospitals' data
@@ -254,7 +254,7 @@ def test_deployed_hospitals_train_with_a_server_that_has_no_data(cxr, tmp_path):
 
 
 def test_a_hospital_with_other_classes_is_refused_by_name(cxr, tmp_path):
-    from mmfed.federation.site import deployed_samples
+    from mmfed.site.runtime import deployed_samples
 
     site = shutil.copytree(cxr.sites[0], tmp_path / "h")
     (site / "labels.txt").write_text("pneumonia\nnormal\n")

@@ -9,13 +9,13 @@ from localgrid import run_federation as run
 
 from mmfed.audit.check import audit_ledger
 from mmfed.errors import MMFedError
-from mmfed.federation import sitelog
 from mmfed.federation.config import FederationConfig
-from mmfed.federation.site import federation_scenario, site_samples
 from mmfed.privacy import accounting
 from mmfed.privacy.budget import LEDGER, dp_geometry
 from mmfed.privacy.geometry import rounded_size
 from mmfed.privacy.policy import SitePolicy
+from mmfed.site import sitelog
+from mmfed.site.runtime import federation_scenario, site_samples
 
 
 @pytest.fixture
@@ -141,7 +141,7 @@ def test_initial_model_with_frozen_encoders_trains_only_fusion(cfg, tmp_path):
 
 def test_deployed_sites_keep_budget_and_ledger_in_their_own_directory(cfg, tmp_path):
     from mmfed.data.scenarios.synthetic import synthetic_site
-    from mmfed.privacy import keys
+    from mmfed.privacy import site_keys
 
     scenario = federation_scenario(cfg)  # the server's model shape: same generator, same classes
     sites = [synthetic_site(tmp_path / "hospital", i, samples=40, modalities="image,audio") for i in range(3)]
@@ -150,7 +150,7 @@ def test_deployed_sites_keep_budget_and_ledger_in_their_own_directory(cfg, tmp_p
             max_epsilon=50.0, max_sample_rate=1.0, public_examples=30, held_modalities=("image", "audio")
         )
         (site / "site.toml").write_text(policy.template())
-        keys.create_key(site)
+        site_keys.create_key(site)
     assert scenario.labels
     run(cfg.replace(rounds=1), node_configs=[{"site-dir": str(s)} for s in sites])
     rows = [json.loads(x) for x in open(f"{cfg.run_dir}/metrics.jsonl").read().splitlines()]

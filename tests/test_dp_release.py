@@ -11,18 +11,18 @@ import numpy as np
 import pytest
 import torch
 
-import mmfed.federation.client as client_mod
-from mmfed.federation import sitelog
-from mmfed.federation.client import SiteClient
+import mmfed.site.client as client_mod
 from mmfed.federation.config import FederationConfig
 from mmfed.federation.params import get_weights
-from mmfed.federation.site import federation_scenario
 from mmfed.models import build_model
-from mmfed.privacy import keys
+from mmfed.privacy import site_keys
 from mmfed.privacy.budget import LEDGER, Proposal, Refusal, SiteBudget
 from mmfed.privacy.geometry import Geometry, rounded_size
 from mmfed.privacy.policy import SitePolicy
 from mmfed.privacy.randomness import ChaChaRandomness, TorchRandomness, fresh_randomness
+from mmfed.site import sitelog
+from mmfed.site.client import SiteClient
+from mmfed.site.runtime import federation_scenario
 from mmfed.train.dp import SecretPoissonBatches
 
 DP_KEYS = {"site", "epsilon_prv", "epsilon_rdp", "delta", "noise_multiplier", "sample_rate", "steps",
@@ -81,7 +81,7 @@ def deployed_site(tmp_path, where: str, drop_rows: int = 0, audio_rows: int | No
     values = {"max_epsilon": 50.0, "max_sample_rate": 1.0, "public_examples": 30,
               "held_modalities": ("image", "audio"), **policy}  # fmt: skip
     (site / "site.toml").write_text(SitePolicy(**values).template())
-    keys.create_key(site)
+    site_keys.create_key(site)
     return str(site)
 
 
@@ -229,7 +229,7 @@ def test_a_dp_round_takes_exactly_the_planned_steps_for_sizes_where_the_old_plan
 def test_errors_reach_the_server_as_a_code_and_the_site_log_keeps_the_detail(
     cfg, weights, tmp_path, monkeypatch, caplog
 ):
-    from mmfed.federation import site as site_mod
+    from mmfed.site import runtime as site_mod
 
     secret = "PATIENT Jane Doe, born 1957-03-02, MRN 0042"
 
@@ -303,7 +303,7 @@ def test_the_server_announcing_secagg_but_sending_plain_messages_gets_nothing(cf
 def test_a_record_that_fails_to_load_or_gives_nan_contributes_nothing_instead_of_failing(
     cfg, weights, tmp_path
 ):
-    from mmfed.federation import site as site_mod
+    from mmfed.site import runtime as site_mod
 
     site = deployed_site(tmp_path, "bad", public_examples=30)
     runtime = site_mod.load_site(cfg, {"site-dir": site})
@@ -343,7 +343,7 @@ def test_the_plan_refuses_a_delta_not_below_one_over_the_public_size_and_nonfini
     home = tmp_path / "home"
     home.mkdir()
     (home / "site.toml").write_text(SitePolicy(delta=1e-3, max_sample_rate=1.0).template())
-    keys.create_key(home)
+    site_keys.create_key(home)
     budget = SiteBudget(home, "fp", site="h")
     offer = Proposal(1.0, 0.0, 1.0, 8, 1, 3, ("image",))
     assert budget.plan(offer, public_examples=999).geometry.public_examples == 999
@@ -377,7 +377,7 @@ def test_a_deployed_site_must_declare_what_it_discloses_to_train_under_dp(
 
 # -- the site's policy owns what concerns the site -----------------------------------------------------
 def test_the_server_cannot_switch_off_scrubbing_a_site_requires(cfg, tmp_path):
-    from mmfed.federation import site as site_mod
+    from mmfed.site import runtime as site_mod
 
     lax = cfg.replace(deidentify=False, mask_diagnosis=False)
     strict = deployed_site(tmp_path, "strict", mask_diagnosis=True)  # deidentify = true: the template's

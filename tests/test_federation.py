@@ -8,11 +8,11 @@ import pytest
 from localgrid import run_federation as run
 from safetensors.numpy import load_file
 
-import mmfed.federation.site as site_mod
+import mmfed.site.runtime as site_mod
 from mmfed.errors import ConfigError, MMFedError
 from mmfed.federation.config import FederationConfig
 from mmfed.federation.params import check_update
-from mmfed.federation.sitelog import LOG
+from mmfed.site.sitelog import LOG
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -129,8 +129,8 @@ def test_aggregate_is_example_weighted_mean_of_accepted_deltas(cfg, monkeypatch)
     good = [seen[s] for s in ("site_00000", "site_00001")]
     total = sum(n for _, _, n in good)
     expected = [g + sum(n * d[i] for _, d, n in good) / total for i, g in enumerate(global0)]
-    from mmfed.federation.site import federation_scenario
     from mmfed.models import build_model
+    from mmfed.site.runtime import federation_scenario
 
     keys = list(build_model(cfg.model_config(federation_scenario(cfg))).state_dict())
     saved = final_weights(cfg, 1)
@@ -141,7 +141,7 @@ def test_resume_after_a_crash_gives_the_same_model_as_an_uninterrupted_run(cfg, 
     full = cfg.replace(rounds=3, run_dir=str(tmp_path / "full"))
     run(full)
     crashed = cfg.replace(rounds=3, run_dir=str(tmp_path / "crashed"))
-    import mmfed.federation.strategy as strategy_mod
+    import mmfed.server.strategy as strategy_mod
 
     real = strategy_mod.MMFedAvg.aggregate_evaluate
 
@@ -202,7 +202,7 @@ def test_too_few_usable_updates_stops_the_run_keeping_checkpoints(cfg, monkeypat
 
 
 def test_iid_and_dirichlet_partitions_give_disjoint_sites(cfg):
-    from mmfed.federation.site import federation_scenario, site_samples
+    from mmfed.site.runtime import federation_scenario, site_samples
 
     for how in ("iid", "dirichlet:0.5"):
         c = cfg.replace(partition=how)

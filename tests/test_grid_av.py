@@ -195,9 +195,9 @@ def test_grid_av_federation_trains_video_audio_and_text_under_dp(grid_data, tmp_
     from safetensors.numpy import load_file
 
     from mmfed.audit.check import audit_ledger
-    from mmfed.federation import sitelog
     from mmfed.federation.config import FederationConfig
     from mmfed.privacy.budget import LEDGER
+    from mmfed.site import sitelog
 
     cfg = FederationConfig(
         scenario="grid-av",

@@ -8,11 +8,11 @@ import pytest
 from localgrid import run_federation as run
 from safetensors.numpy import load_file
 
-import mmfed.federation.site as site_mod
+import mmfed.site.runtime as site_mod
 from mmfed.data.partition import missing_modality_plan
 from mmfed.errors import ConfigError
 from mmfed.federation.config import FederationConfig
-from mmfed.federation.coverage import decode_mean, encode_update, parameter_groups, split_site_update
+from mmfed.federation.encoder_groups import decode_mean, encode_update, parameter_groups, split_site_update
 from mmfed.federation.params import weighted_mean
 
 
@@ -106,8 +106,8 @@ def plan(monkeypatch, lacking: dict[int, str]) -> None:
 
 
 def round_change(cfg) -> dict[str, np.ndarray]:
-    from mmfed.federation.site import federation_scenario
     from mmfed.models import build_model
+    from mmfed.site.runtime import federation_scenario
     from mmfed.train.loop import seed_everything
 
     seed_everything(cfg.seed)

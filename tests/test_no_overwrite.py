@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from mmfed.cli import app
 from mmfed.data.scenarios.synthetic import synthetic_site
-from mmfed.privacy import keys, ledger
+from mmfed.privacy import ledger, site_keys
 from mmfed.privacy.budget import LEDGER
 
 # (path in the site directory, what the refusal calls it)
@@ -19,8 +19,8 @@ PROTECTED = [
     ("manifest.csv", "that is a site's manifest (it would be overwritten)"),
     ("labels.txt", "that is a site's labels (it would be overwritten)"),
     ("site.toml", "that is a site's privacy policy (it would be overwritten)"),
-    (keys.PRIVATE_KEY, "that is a site's ledger signing key (it would be overwritten)"),
-    (keys.PUBLIC_KEY, "that is a site's ledger public key (it would be overwritten)"),
+    (site_keys.PRIVATE_KEY, "that is a site's ledger signing key (it would be overwritten)"),
+    (site_keys.PUBLIC_KEY, "that is a site's ledger public key (it would be overwritten)"),
     (LEDGER, "that is a site's ledger (it would be overwritten)"),
     ("state/site-log.jsonl", "that is a site's log (it would be overwritten)"),
     ("state/budget/sha256-ab.json", "that is inside a site's privacy budget"),
@@ -46,7 +46,7 @@ def site(tmp_path):
     """A site after `site init`, with a ledger entry, a budget file and a site log."""
     site = init_site(tmp_path / "data")
     fields = {"run_id": "run-1", "round": 1, "data_fingerprint": "sha256:" + "ab" * 32, "epsilon_prv": 0.1}
-    ledger.append(site / LEDGER, keys.load_private_key(site), fields)
+    ledger.append(site / LEDGER, site_keys.load_private_key(site), fields)
     (site / "state" / "budget").mkdir()
     (site / "state" / "budget" / "sha256-ab.json").write_text('{"fingerprint": "sha256:ab"}')
     (site / "state" / "site-log.jsonl").write_text('{"event": "round"}\n')
@@ -100,7 +100,7 @@ def test_audit_output_over_a_ledger_or_key_it_reads_outside_a_site_is_refused(si
     loose = tmp_path / "loose"
     loose.mkdir()
     shutil.copy(site / LEDGER, loose / "hospital.jsonl")
-    shutil.copy(site / keys.PUBLIC_KEY, loose / "hospital.pub.pem")
+    shutil.copy(site / site_keys.PUBLIC_KEY, loose / "hospital.pub.pem")
     before = snapshot(loose)
     base = ["audit", loose / "hospital.jsonl", "--public-key", loose / "hospital.pub.pem"]
     for target in ("hospital.jsonl", "hospital.pub.pem"):
@@ -239,7 +239,7 @@ def no_simulation(monkeypatch):
         calls.append(cfg)
         return {"global_accuracy": 0.5, "rounds_completed": 1}
 
-    monkeypatch.setattr("mmfed.federation.simulation.simulate", fake)
+    monkeypatch.setattr("mmfed.server.simulation.simulate", fake)
     return calls
 
 
@@ -314,7 +314,7 @@ def test_site_init_through_links_into_another_site_is_refused(site, tmp_path):
     (other / "keys").symlink_to(site / "keys")  # the other site's key would be this site's
     before = snapshot(site)
     result = invoke("site", "init", "--dir", other)
-    assert_refused(result, "--dir", other, f"it would write {other / keys.PRIVATE_KEY}")
+    assert_refused(result, "--dir", other, f"it would write {other / site_keys.PRIVATE_KEY}")
     assert "a site's ledger signing key" in result.output and "nothing was written" in result.output
     assert snapshot(site) == before and not (other / "site.toml").exists()
     # a policy link into a site that has none yet: would create that site's site.toml

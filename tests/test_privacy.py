@@ -15,7 +15,7 @@ from mmfed.config import DataSpec, ModelConfig
 from mmfed.data.dataset import Collate, modality_shapes
 from mmfed.errors import ConfigError, MMFedError
 from mmfed.models import build_model
-from mmfed.privacy import accounting, keys
+from mmfed.privacy import accounting, site_keys
 from mmfed.privacy.budget import Proposal, Refusal, SiteBudget, dp_geometry
 from mmfed.privacy.geometry import Geometry
 from mmfed.privacy.policy import SitePolicy, load_policy
@@ -93,8 +93,8 @@ def home_with_policy(tmp_path, **policy) -> SiteBudget:
     home = tmp_path / "site"
     home.mkdir(exist_ok=True)
     (home / "site.toml").write_text(SitePolicy(**policy).template())
-    if not (home / keys.PRIVATE_KEY).exists():
-        keys.create_key(home)
+    if not (home / site_keys.PRIVATE_KEY).exists():
+        site_keys.create_key(home)
     return SiteBudget(home, "sha256:" + "ab" * 32, site="hospital-a")
 
 
@@ -150,16 +150,16 @@ def test_deployed_site_without_policy_or_key_is_told_what_to_run(tmp_path):
 
 
 def test_private_key_is_0600_and_never_replaced(tmp_path):
-    keys.create_key(tmp_path)
-    path = tmp_path / keys.PRIVATE_KEY
+    site_keys.create_key(tmp_path)
+    path = tmp_path / site_keys.PRIVATE_KEY
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     before = path.read_bytes()
     with pytest.raises(MMFedError, match="keep it"):
-        keys.create_key(tmp_path)
+        site_keys.create_key(tmp_path)
     assert path.read_bytes() == before
     os.chmod(path, 0o644)
     with pytest.raises(MMFedError, match="chmod 600"):
-        keys.load_private_key(tmp_path)
+        site_keys.load_private_key(tmp_path)
 
 
 # -- the DP trainer -----------------------------------------------------------------------------------

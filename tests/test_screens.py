@@ -284,7 +284,7 @@ def no_simulation(monkeypatch):
     def started(*args, **kwargs):
         raise AssertionError("the simulation started")
 
-    monkeypatch.setattr("mmfed.federation.simulation.simulate", started)
+    monkeypatch.setattr("mmfed.server.simulation.simulate", started)
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1"])

@@ -8,11 +8,11 @@ import pytest
 from localgrid import run_federation as run
 from safetensors.numpy import load_file
 
-import mmfed.federation.site as site_mod
-import mmfed.federation.strategy as strategy_mod
+import mmfed.server.strategy as strategy_mod
+import mmfed.site.runtime as site_mod
 from mmfed.errors import MMFedError
 from mmfed.federation.config import FederationConfig
-from mmfed.federation.secure import shares
+from mmfed.federation.secagg import shares
 
 
 @pytest.fixture
@@ -58,8 +58,8 @@ def fedavg(seen, names) -> list[np.ndarray]:
 
 def global_step(cfg) -> list[np.ndarray]:
     """Round 1's change of the global model, in state_dict order (the server's initial model is seeded)."""
-    from mmfed.federation.site import federation_scenario
     from mmfed.models import build_model
+    from mmfed.site.runtime import federation_scenario
     from mmfed.train.loop import seed_everything
 
     seed_everything(cfg.seed)

@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from mmfed.audit.check import audit_ledger
-from mmfed.privacy import accounting, keys, ledger
+from mmfed.privacy import accounting, ledger, site_keys
 from mmfed.privacy.budget import BUDGET, BUDGETS, LEDGER, LedgerRefusal, Proposal, Refusal, SiteBudget
 from mmfed.privacy.policy import SitePolicy
 
@@ -19,7 +19,7 @@ def site(tmp_path, fingerprint="a", cap=50.0) -> SiteBudget:
     if not home.exists():
         home.mkdir()
         (home / "site.toml").write_text(SitePolicy(max_epsilon=cap, max_sample_rate=1.0).template())
-        keys.create_key(home)
+        site_keys.create_key(home)
     return SiteBudget(home, "sha256:" + fingerprint * 64, site="hospital-a")
 
 
@@ -113,7 +113,7 @@ def test_per_fingerprint_state_of_an_older_site_migrates_composed(tmp_path):
     home = tmp_path / "site"
     home.mkdir()
     (home / "site.toml").write_text(SitePolicy(max_epsilon=50.0, max_sample_rate=1.0).template())
-    key = keys.create_key(home)
+    key = site_keys.create_key(home)
     (home / "state" / "budget").mkdir(parents=True)
     for fingerprint, rounds in (("a", 2), ("b", 3)):
         fp = "sha256:" + fingerprint * 64
@@ -162,17 +162,21 @@ def test_a_rotated_key_keeps_the_chain_of_trust_and_the_budget(tmp_path):
 
     budget = site(tmp_path)
     release(budget, 2)
-    original = keys.load_public_key(budget.home / keys.PUBLIC_KEY)
+    original = site_keys.load_public_key(budget.home / site_keys.PUBLIC_KEY)
     done = CliRunner().invoke(app, ["site", "rotate-key", "--dir", str(budget.home)])
     assert done.exit_code == 0, done.output
-    assert keys.key_id(keys.load_public_key(budget.home / keys.PUBLIC_KEY)) != keys.key_id(original)
+    assert site_keys.key_id(
+        site_keys.load_public_key(budget.home / site_keys.PUBLIC_KEY)
+    ) != site_keys.key_id(original)
     assert list((budget.home / "keys" / "retired").glob("*.pub.pem"))
     again = site(tmp_path)  # the new key, and the history it inherits
     release(again, 1, run="r2")
     assert sum(steps for *_, steps in again.history()) == 39
     # the privacy officer's original key still verifies the whole ledger, rotation included
     (tmp_path / "original.pem").write_bytes(
-        (budget.home / "keys" / "retired" / f"{keys.key_id(original).split(':')[1]}.pub.pem").read_bytes()
+        (
+            budget.home / "keys" / "retired" / f"{site_keys.key_id(original).split(':')[1]}.pub.pem"
+        ).read_bytes()
     )
     report = audit_ledger(budget.ledger_path, None, public_key=tmp_path / "original.pem")
     assert report.ok, report.problems
@@ -187,7 +191,7 @@ def test_a_lost_key_is_replaced_only_by_a_recorded_rotation_every_audit_reports(
 
     budget = site(tmp_path)
     release(budget, 1)
-    (budget.home / keys.PRIVATE_KEY).unlink()
+    (budget.home / site_keys.PRIVATE_KEY).unlink()
     plain = CliRunner().invoke(app, ["site", "rotate-key", "--dir", str(budget.home)])
     assert plain.exit_code == 2  # without --lost the old key must sign
     lost = CliRunner().invoke(app, ["site", "rotate-key", "--dir", str(budget.home), "--lost"])

@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 
 from mmfed.cli import app
 from mmfed.data.scenarios.synthetic import synthetic_site
-from mmfed.privacy import keys
+from mmfed.privacy import site_keys
 from mmfed.privacy.geometry import rounded_size
 from mmfed.privacy.policy import load_policy
 
@@ -22,7 +22,7 @@ def test_site_init_creates_policy_and_key_and_never_overwrites(tmp_path):
     train = sum(",train," in line for line in open(site / "manifest.csv"))
     assert policy.public_examples == rounded_size(train) and policy.held_modalities == ("image",)
     assert policy.secure_rng and policy.allow_evaluation
-    private = site / keys.PRIVATE_KEY
+    private = site / site_keys.PRIVATE_KEY
     assert stat.S_IMODE(private.stat().st_mode) == 0o600
     text = " ".join(result.output.split())
     assert "manifest OK" in text and "next:" in text and "ed25519:" in text

@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 
 from mmfed.errors import MMFedError
-from mmfed.privacy import accounting, keys, ledger
+from mmfed.privacy import accounting, ledger, site_keys
 from mmfed.privacy.budget import BUDGET, BUDGETS, LEDGER, ledger_history
+from mmfed.privacy.key_rotation import first_public_key
 from mmfed.privacy.policy import POLICY_FILE, load_policy
-from mmfed.privacy.rotation import first_public_key
 
 SITE_WIDE = "site"  # DataBudget.fingerprint of the one budget of a site
 SAME = 1e-6  # relative: our own recomputation of what the site recorded
@@ -95,13 +95,13 @@ def find_ledgers(paths: list[Path]) -> list[tuple[Path, Path | None]]:
 def audit_ledger(
     path: Path, home: Path | None, public_key: Path | None = None, thorough: bool = False
 ) -> SiteAudit:
-    key_path = public_key or (home / keys.PUBLIC_KEY if home else None)
+    key_path = public_key or (home / site_keys.PUBLIC_KEY if home else None)
     if key_path is None or not key_path.exists():
         raise MMFedError(
             f"{path}: no public key to verify it with; pass --public-key FILE (the site's "
-            f"{keys.PUBLIC_KEY}, obtained from the site out of band)"
+            f"{site_keys.PUBLIC_KEY}, obtained from the site out of band)"
         )
-    public = keys.load_public_key(key_path)
+    public = site_keys.load_public_key(key_path)
     lines = ledger.read_lines(path)
     if home and public_key is None and lines:
         public = first_public_key(home, lines, public)  # after a rotation: the key that signed entry 0
@@ -109,7 +109,7 @@ def audit_ledger(
         site=home.name if home else path.stem,
         ledger=str(path),
         key_source=str(key_path),
-        key_id=keys.key_id(public),
+        key_id=site_keys.key_id(public),
     )
     # every signature, always: a chain re-hashed after an edit still ends in a valid last signature when
     # the key that signed it is not the site's original (which key_id then names) — and it costs little
@@ -360,7 +360,7 @@ def check_anchors(audits: list[SiteAudit], run_dirs: list[Path]) -> int:
     of anchors checked."""
     import json
 
-    from mmfed.federation.rundir import ANCHORS
+    from mmfed.server.rundir import ANCHORS
 
     by_site = {a.site: a for a in audits}
     checked = 0

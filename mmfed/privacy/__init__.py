@@ -1,1 +1,1 @@
-"""Site-side privacy: accounting, policy, keys, ledger, and the per-round budget guard."""
+"""Site-side privacy: accounting, policy, the site's own keys, ledger, and the per-round budget guard."""

@@ -26,14 +26,14 @@ from typing import Any
 
 from mmfed.errors import MMFedError
 from mmfed.files import write_atomic
-from mmfed.privacy import accounting, keys, ledger
+from mmfed.privacy import accounting, ledger, site_keys
 from mmfed.privacy.accounting import History
 from mmfed.privacy.fingerprint import keyed
 from mmfed.privacy.geometry import Geometry
+from mmfed.privacy.key_rotation import first_public_key
 from mmfed.privacy.policy import POLICY_FILE, SitePolicy, load_policy
-from mmfed.privacy.rotation import first_public_key
 
-LEDGER = keys.LEDGER_FILE
+LEDGER = site_keys.LEDGER_FILE
 BUDGET = "state/budget.json"  # the one accountant state of the site (+ its ledger high-water mark)
 BUDGETS = "state/budget"  # before one budget per site: one accountant file per data fingerprint
 
@@ -139,14 +139,14 @@ class SiteBudget:
             self.policy = load_policy(policy_path)
         else:
             self.policy = simulated_policy
-        if simulated_policy is not None and not (self.home / keys.PRIVATE_KEY).exists():
+        if simulated_policy is not None and not (self.home / site_keys.PRIVATE_KEY).exists():
             self.home.mkdir(parents=True, exist_ok=True)
-            with ledger.locked(self.home / keys.PRIVATE_KEY):  # parallel simulation workers
-                if not (self.home / keys.PRIVATE_KEY).exists():
-                    keys.create_key(self.home)
-        self.key = keys.load_private_key(self.home)
+            with ledger.locked(self.home / site_keys.PRIVATE_KEY):  # parallel simulation workers
+                if not (self.home / site_keys.PRIVATE_KEY).exists():
+                    site_keys.create_key(self.home)
+        self.key = site_keys.load_private_key(self.home)
         if not fingerprint.startswith("hmac-"):  # what the ledger records: keyed (see fingerprint.py)
-            self.fingerprint = keyed(fingerprint, keys.fingerprint_secret(self.key))
+            self.fingerprint = keyed(fingerprint, site_keys.fingerprint_secret(self.key))
         self.ledger_path = self.home / LEDGER
         self.budget_path = self.home / BUDGET
 
@@ -237,7 +237,7 @@ class SiteBudget:
             (
                 ledger.Problem(i + 1, f"entry {e['index']}: signature does not verify with the site's key")
                 for i, e in enumerate(entries[start:], start)
-                if e["key_id"] != keys.key_id(public) or not ledger.signature_ok(e, public)
+                if e["key_id"] != site_keys.key_id(public) or not ledger.signature_ok(e, public)
             ),
             None,
         )

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from mmfed import files
 from mmfed.errors import MMFedError
-from mmfed.privacy.keys import key_id
+from mmfed.privacy.site_keys import key_id
 
 GENESIS = "0" * 64
 # what auditors' tools read; σ, sample rate and steps are the round's, the two ε are cumulative

@@ -13,8 +13,8 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from mmfed.federation.apps import make_client_app, make_server_app
 from mmfed.federation.config import FederationConfig
+from mmfed.server.apps import make_client_app, make_server_app
 
 
 def backend_config(cpus_per_site: float, gpus_per_site: float, ray_address: str | None) -> dict[str, Any]:

@@ -22,9 +22,9 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
 from mmfed.federation.config import FederationConfig
-from mmfed.federation.coverage import decode_mean, group_names, split_site_update
+from mmfed.federation.encoder_groups import decode_mean, group_names, split_site_update
 from mmfed.federation.params import Verdict, check_update, weighted_mean
-from mmfed.federation.rundir import RunDir
+from mmfed.server.rundir import RunDir
 
 log = logging.getLogger("mmfed.federation")
 
@@ -78,7 +78,7 @@ class MMFedAvg(FedAvg):
         self.on_round = on_round or (lambda row: None)
         self.config_hash = config_hash
         self.run_id = run_id
-        # which encoder (or the shared part) each array belongs to: see mmfed.federation.coverage
+        # which encoder (or the shared part) each array belongs to: see mmfed.federation.encoder_groups
         self.groups = groups if groups is not None else [0] * len(initial)
         self.group_names = group_names(modalities)
         # each site's latest reported cumulative ε (PRV and RDP, at its δ): what it has spent so far
@@ -272,7 +272,7 @@ class MMFedAvg(FedAvg):
             (w + d).astype(np.float32) if np.issubdtype(w.dtype, np.floating) else w
             for w, d in zip(self.weights, mean, strict=True)
         ]
-        # DP sites keep their train metrics in their own log (mmfed.federation.sitelog): not averaged here
+        # DP sites keep their train metrics in their own log (mmfed.site.sitelog): not averaged here
         done = [r for r in rows if r["status"] == "accepted" and "loss" in r]
         fit_metrics = {
             "train_loss": _weighted([(r["examples"], r["loss"]) for r in done]),

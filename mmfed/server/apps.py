@@ -7,9 +7,9 @@ from typing import Any
 
 from flwr.server import Grid, ServerApp
 
-from mmfed.federation.client import make_client_app
 from mmfed.federation.config import FederationConfig
-from mmfed.federation.server import run_server
+from mmfed.server.run import run_server
+from mmfed.site.client import make_client_app
 
 __all__ = ["make_client_app", "make_server_app"]
 

@@ -19,15 +19,15 @@ from mmfed.config import config_hash, to_jsonable
 from mmfed.data.dataset import Collate, MultimodalDataset, Processors
 from mmfed.data.manifest import load_manifest
 from mmfed.errors import MMFedError
-from mmfed.federation import secure
+from mmfed.federation import secagg
 from mmfed.federation.config import FederationConfig
-from mmfed.federation.coverage import parameter_groups
+from mmfed.federation.encoder_groups import parameter_groups
 from mmfed.federation.params import get_weights, set_weights
-from mmfed.federation.plots import write_plots
-from mmfed.federation.rundir import RunDir
-from mmfed.federation.site import federation_scenario
-from mmfed.federation.strategy import MMFedAvg
 from mmfed.models import build_model
+from mmfed.server.plots import write_plots
+from mmfed.server.rundir import RunDir
+from mmfed.server.strategy import MMFedAvg
+from mmfed.site.runtime import federation_scenario
 from mmfed.train.loop import evaluate, seed_everything, select_device
 
 
@@ -119,7 +119,7 @@ def run_server(
         context = LegacyContext(
             context=context, config=ServerConfig(num_rounds=cfg.rounds - done), strategy=strategy
         )
-        fit_workflow = secure.workflow(cfg) if cfg.secure_aggregation else None
+        fit_workflow = secagg.workflow(cfg) if cfg.secure_aggregation else None
         DefaultWorkflow(fit_workflow=fit_workflow)(grid, context)
     summary = summarize(run_dir, cfg, strategy)
     write_plots(run_dir.metrics(), run_dir.path, title=f"{cfg.scenario}, {cfg.sites} sites")

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from mmfed.errors import MMFedError
 from mmfed.files import write_atomic
-from mmfed.privacy import keys, ledger
+from mmfed.privacy import ledger, site_keys
 
 RETIRED = "keys/retired"
 
@@ -25,7 +25,7 @@ def rotate_key(home: Path, lost: bool = False) -> tuple[str, str]:
     from mmfed.privacy.budget import BUDGET, LEDGER
 
     home = Path(home)
-    private_path, public_path = home / keys.PRIVATE_KEY, home / keys.PUBLIC_KEY
+    private_path, public_path = home / site_keys.PRIVATE_KEY, home / site_keys.PUBLIC_KEY
     ledger_path = home / LEDGER
     with ledger.locked(ledger_path):
         if lost:
@@ -37,10 +37,10 @@ def rotate_key(home: Path, lost: bool = False) -> tuple[str, str]:
                 raise MMFedError(
                     f"{public_path} is missing too: the site's old public key is needed to record it"
                 )
-            old_public = keys.load_public_key(public_path)
+            old_public = site_keys.load_public_key(public_path)
             old = None
         else:
-            old = keys.load_private_key(home)
+            old = site_keys.load_private_key(home)
             old_public = old.public_key()
         new = Ed25519PrivateKey.generate()
         new_pem = new.public_key().public_bytes(
@@ -49,8 +49,8 @@ def rotate_key(home: Path, lost: bool = False) -> tuple[str, str]:
         fields = {
             "kind": ledger.ROTATION,
             "time": datetime.now(UTC).isoformat(timespec="seconds"),
-            "previous_key_id": keys.key_id(old_public),
-            "new_key_id": keys.key_id(new.public_key()),
+            "previous_key_id": site_keys.key_id(old_public),
+            "new_key_id": site_keys.key_id(new.public_key()),
             "new_public_key": new_pem.decode(),
         }
         if lost:
@@ -67,12 +67,12 @@ def rotate_key(home: Path, lost: bool = False) -> tuple[str, str]:
             write_atomic(state_path, json.dumps(state, indent=1))
         retired = home / RETIRED
         retired.mkdir(parents=True, exist_ok=True)
-        old_id = keys.key_id(old_public)
+        old_id = site_keys.key_id(old_public)
         public_path.replace(retired / f"{old_id.split(':')[1]}.pub.pem")
         if private_path.exists():
             private_path.unlink()  # retired: nothing may sign with it again
-        keys.write_key(home, new)
-    return old_id, keys.key_id(new.public_key())
+        site_keys.write_key(home, new)
+    return old_id, site_keys.key_id(new.public_key())
 
 
 def first_public_key(home: Path, lines: list[bytes], current):
@@ -87,7 +87,7 @@ def first_public_key(home: Path, lines: list[bytes], current):
     except (orjson.JSONDecodeError, AttributeError):
         return current
     for candidate in sorted((Path(home) / RETIRED).glob("*.pub.pem")):
-        key = keys.load_public_key(candidate)
-        if keys.key_id(key) == wanted:
+        key = site_keys.load_public_key(candidate)
+        if site_keys.key_id(key) == wanted:
             return key
     return current

@@ -25,8 +25,8 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 
 from mmfed.errors import MMFedError
 from mmfed.federation.config import FederationConfig
-from mmfed.federation.coverage import encode_update
-from mmfed.federation.secure import check_range
+from mmfed.federation.encoder_groups import encode_update
+from mmfed.federation.secagg import check_range
 from mmfed.privacy.budget import REFUSALS, Refusal
 
 log = logging.getLogger("mmfed.site")
@@ -43,7 +43,7 @@ def site_label(node_config: dict[str, Any]) -> str:
 
 
 # what the server is told when a site fails: a code and a generic sentence; the full message (paths,
-# record ids, the site's numbers) and the traceback go to the site's own log (mmfed.federation.sitelog)
+# record ids, the site's numbers) and the traceback go to the site's own log (mmfed.site.sitelog)
 FAILURES = {
     "data": "the site could not read its data for this run",
     "setup": "the site's setup or this run's settings do not let it train (see the site's log)",
@@ -56,7 +56,7 @@ FAILURES = {
 
 def failure_code(exc: BaseException) -> str:
     from mmfed.errors import ConfigError, DataError, ManifestError
-    from mmfed.federation.secure import SecAggRangeError
+    from mmfed.federation.secagg import SecAggRangeError
 
     if isinstance(exc, SecAggRangeError):
         return exc.code
@@ -86,7 +86,7 @@ class SiteClient(NumPyClient):
     def _report(self, runtime, name: str, exc: BaseException, **where: Any) -> tuple[str, str]:
         """(code, sentence for the server); the whole story goes to the site's log, none of it on screen
         beyond our own messages (which name files and rows, never record content)."""
-        from mmfed.federation import sitelog
+        from mmfed.site import sitelog
 
         refused = isinstance(exc, Refusal)
         code = exc.code if refused else failure_code(exc)
@@ -110,7 +110,7 @@ class SiteClient(NumPyClient):
         server_round = int(config.get("server-round", 0))
         run_id = str(config.get("run-id", ""))
         name = site_label(self.node_config)
-        from mmfed.federation.site import load_site  # torch: only in the messages that train
+        from mmfed.site.runtime import load_site  # torch: only in the messages that train
 
         secure = _MASKED.get()
         runtime = None
@@ -129,7 +129,7 @@ class SiteClient(NumPyClient):
             update, examples, metrics = runtime.fit(
                 parameters, self.cfg, server_round, run_id=run_id, anchor=own_anchor(config, name)
             )
-            # each encoder is averaged over the sites that trained it (mmfed.federation.coverage)
+            # each encoder is averaged over the sites that trained it (mmfed.federation.encoder_groups)
             groups = runtime.release_group_examples(self.cfg, examples)
             update = encode_update(update, runtime.parameter_groups(), groups, examples)
             if secure:
@@ -144,7 +144,7 @@ class SiteClient(NumPyClient):
             return [], 0, {"site": name, key: public, "code": code}
 
     def evaluate(self, parameters, config):
-        from mmfed.federation.site import load_site
+        from mmfed.site.runtime import load_site
 
         name = site_label(self.node_config)
         runtime = None

@@ -28,9 +28,8 @@ from mmfed.data.manifest import Sample, load_manifest
 from mmfed.data.partition import missing_modality_plan, partition, without_modality
 from mmfed.data.scenarios import Scenario, prepare_scenario
 from mmfed.errors import ConfigError, DataError
-from mmfed.federation import sitelog
 from mmfed.federation.config import FederationConfig
-from mmfed.federation.coverage import parameter_groups
+from mmfed.federation.encoder_groups import parameter_groups
 from mmfed.federation.params import delta, get_weights, set_weights
 from mmfed.models import build_model
 from mmfed.privacy.budget import Proposal, Refusal, SiteBudget
@@ -38,6 +37,7 @@ from mmfed.privacy.fingerprint import data_fingerprint
 from mmfed.privacy.geometry import rounded_size
 from mmfed.privacy.policy import POLICY_FILE, SitePolicy, load_policy
 from mmfed.privacy.randomness import fresh_randomness
+from mmfed.site import sitelog
 from mmfed.train.dp import make_optimizer, train_private
 from mmfed.train.loop import Metrics, evaluate, seed_everything, select_device, train_epoch
 
@@ -128,7 +128,7 @@ class SiteRuntime:
 
     def group_examples(self) -> list[int]:
         """Training examples behind each parameter group: all of them for the shared part, and for each
-        modality's encoder the samples that hold that modality (see mmfed.federation.coverage)."""
+        modality's encoder the samples that hold that modality (see mmfed.federation.encoder_groups)."""
         samples = self.train.samples
         per_modality = [sum(getattr(s, m) is not None for s in samples) for m in self.model_cfg.modalities]
         return [len(samples), *per_modality]

@@ -1,0 +1,1 @@
+"""Deployment PKI: the CA, the SuperLink TLS certificate and SuperNode authentication keys."""

@@ -1,1 +1,0 @@
-"""Deployment security: certificates and keys."""

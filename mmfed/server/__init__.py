@@ -1,0 +1,1 @@
+"""The server side of a run: strategy, SecAgg+ workflow, run directory, simulation."""
