@@ -120,9 +120,9 @@ def main() -> str:
 
 
 def _majority(cfg: FederationConfig) -> float:
-    from mmfed.site.runtime import federation_scenario
+    from mmfed.federation.run_task import run_scenario, run_task
 
-    tests = [s.label for m in federation_scenario(cfg).load_sites() for s in m.split("test")]
+    tests = [s.label for m in run_scenario(cfg, run_task(cfg)).load_sites() for s in m.split("test")]
     return max(tests.count(label) for label in set(tests)) / len(tests)
 
 

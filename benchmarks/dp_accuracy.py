@@ -166,12 +166,12 @@ def _zero_shot(cfg: FederationConfig, initial: Path) -> float:
 
     from mmfed.checkpoint import load_checkpoint
     from mmfed.data.dataset import Collate, MultimodalDataset, Processors
+    from mmfed.federation.run_task import run_scenario, run_task
     from mmfed.models import build_model
-    from mmfed.site.runtime import federation_scenario
     from mmfed.train.loop import evaluate
 
-    scenario = federation_scenario(cfg)
-    model_cfg = cfg.model_config(scenario)
+    scenario = run_scenario(cfg, run_task(cfg))
+    model_cfg = run_task(cfg).model_config()
     model = build_model(model_cfg)
     load_checkpoint(model, initial)
     test = [s for site in scenario.load_sites() for s in site.samples if s.split == "test"]

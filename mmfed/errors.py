@@ -10,6 +10,7 @@ class ConfigError(MMFedError, ValueError):
 
     def __init__(self, setting: str, problem: str):
         self.setting = setting
+        self.problem = problem
         super().__init__(f"setting '{setting}': {problem}")
 
 

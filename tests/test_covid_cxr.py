@@ -16,7 +16,7 @@ from mmfed.data.scenarios import prepare_scenario
 from mmfed.data.scenarios.covid_cxr import LABELS, assign_sites, generate_covid_cxr
 from mmfed.errors import ConfigError, DataError
 from mmfed.federation.config import FederationConfig
-from mmfed.site.runtime import federation_scenario
+from mmfed.federation.run_task import run_scenario, run_task
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_text_is_deidentified_by_default_and_the_guard_masks_the_diagnosis(cxr, 
     )
     assert cfg.deidentify and not cfg.mask_diagnosis
     note = "A 54-year-old man seen by Dr. Maria Rossi on 12/03/2020; RT-PCR positive for COVID-19 pneumonia."
-    cleaned = Processors(federation_scenario(cfg).spec, ("text",)).text.clean(note)
+    cleaned = Processors(run_scenario(cfg, run_task(cfg)).spec, ("text",)).text.clean(note)
     assert all(p in cleaned for p in ("[AGE]", "[NAME]", "[DATE]")), cleaned
     assert "Rossi" not in cleaned and "12/03/2020" not in cleaned and "COVID-19" in cleaned
     guarded = cxr.spec.text.__class__(max_length=128, mask_diagnosis=True)
@@ -107,7 +107,7 @@ def text_change(cfg) -> dict[str, bool]:
     from mmfed.train.loop import seed_everything
 
     seed_everything(cfg.seed)
-    state = build_model(cfg.model_config(federation_scenario(cfg))).state_dict()
+    state = build_model(run_task(cfg).model_config()).state_dict()
     after = load_file(f"{cfg.run_dir}/checkpoints/round_0001.safetensors")
     return {
         k: not np.array_equal(after[k], v.numpy()) for k, v in state.items() if k.startswith("encoders.text.")
@@ -254,9 +254,10 @@ def test_deployed_hospitals_train_with_a_server_that_has_no_data(cxr, tmp_path):
 
 
 def test_a_hospital_with_other_classes_is_refused_by_name(cxr, tmp_path):
-    from mmfed.site.runtime import deployed_samples
+    from mmfed.site.loading import deployed_samples
 
     site = shutil.copytree(cxr.sites[0], tmp_path / "h")
     (site / "labels.txt").write_text("pneumonia\nnormal\n")
-    with pytest.raises(ConfigError, match=r"lists \['pneumonia', 'normal'\] but the run \(covid-cxr\)"):
-        deployed_samples(site, cxr)
+    wanted = r"lists \['pneumonia', 'normal'\] but the run's task \(covid-cxr\)"
+    with pytest.raises(ConfigError, match=wanted):
+        deployed_samples(site, cxr.task())

@@ -10,12 +10,13 @@ from localgrid import run_federation as run
 from mmfed.audit.check import audit_ledger
 from mmfed.errors import MMFedError
 from mmfed.federation.config import FederationConfig
+from mmfed.federation.run_task import run_scenario, run_task
 from mmfed.privacy import accounting
 from mmfed.privacy.budget import LEDGER, dp_geometry
 from mmfed.privacy.geometry import rounded_size
 from mmfed.privacy.policy import SitePolicy
 from mmfed.site import sitelog
-from mmfed.site.runtime import federation_scenario, site_samples
+from mmfed.site.loading import site_samples
 
 
 @pytest.fixture
@@ -76,7 +77,7 @@ def test_epsilon_composes_across_rounds_and_runs(cfg, tmp_path):
 
 
 def test_site_over_its_cap_refuses_and_the_run_goes_on(cfg, tmp_path):
-    scenario = federation_scenario(cfg)
+    scenario = run_scenario(cfg, run_task(cfg))
     _, samples = site_samples(cfg, scenario, 1, cfg.sites)
     train = sum(s.split == "train" for s in samples)
     q, steps = dp_geometry(rounded_size(train), cfg.batch_size, cfg.local_epochs)
@@ -121,9 +122,8 @@ def test_initial_model_with_frozen_encoders_trains_only_fusion(cfg, tmp_path):
     from mmfed.errors import MMFedError
     from mmfed.models import build_model
 
-    scenario = federation_scenario(cfg)
     torch.manual_seed(123)
-    public = build_model(cfg.model_config(scenario))
+    public = build_model(run_task(cfg).model_config())
     save_checkpoint(public, tmp_path / "public.safetensors", {"note": "public data"})
     tuned = cfg.replace(rounds=1, initial_model=str(tmp_path / "public.safetensors"), freeze_encoders=True)
     assert run(tuned)["rounds_completed"] == 1
@@ -133,7 +133,7 @@ def test_initial_model_with_frozen_encoders_trains_only_fusion(cfg, tmp_path):
     assert encoders and all((after[k] == start[k]).all() for k in encoders)
     assert any((after[k] != start[k]).any() for k in start if k.startswith("fusion."))
     # weights that do not fit the run's model are refused, naming the file
-    other = build_model(cfg.replace(fusion="late").model_config(scenario))
+    other = build_model(run_task(cfg.replace(fusion="late")).model_config())
     save_checkpoint(other, tmp_path / "other.safetensors", {})
     with pytest.raises(MMFedError, match="other.safetensors"):
         run(cfg.replace(run_dir=str(tmp_path / "run3"), initial_model=str(tmp_path / "other.safetensors")))
@@ -143,7 +143,6 @@ def test_deployed_sites_keep_budget_and_ledger_in_their_own_directory(cfg, tmp_p
     from mmfed.data.scenarios.synthetic import synthetic_site
     from mmfed.privacy import site_keys
 
-    scenario = federation_scenario(cfg)  # the server's model shape: same generator, same classes
     sites = [synthetic_site(tmp_path / "hospital", i, samples=40, modalities="image,audio") for i in range(3)]
     for site in sites[:2]:  # `mmfed site init` done at two sites; the third never set up its privacy
         policy = SitePolicy(
@@ -151,7 +150,6 @@ def test_deployed_sites_keep_budget_and_ledger_in_their_own_directory(cfg, tmp_p
         )
         (site / "site.toml").write_text(policy.template())
         site_keys.create_key(site)
-    assert scenario.labels
     run(cfg.replace(rounds=1), node_configs=[{"site-dir": str(s)} for s in sites])
     rows = [json.loads(x) for x in open(f"{cfg.run_dir}/metrics.jsonl").read().splitlines()]
     fits = {r["site"]: r for r in rows if r["kind"] == "fit"}

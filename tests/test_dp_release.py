@@ -14,6 +14,7 @@ import torch
 import mmfed.site.client as client_mod
 from mmfed.federation.config import FederationConfig
 from mmfed.federation.params import get_weights
+from mmfed.federation.run_task import run_task
 from mmfed.models import build_model
 from mmfed.privacy import site_keys
 from mmfed.privacy.budget import LEDGER, Proposal, Refusal, SiteBudget
@@ -22,7 +23,6 @@ from mmfed.privacy.policy import SitePolicy
 from mmfed.privacy.randomness import ChaChaRandomness, TorchRandomness, fresh_randomness
 from mmfed.site import sitelog
 from mmfed.site.client import SiteClient
-from mmfed.site.runtime import federation_scenario
 from mmfed.train.dp import SecretPoissonBatches
 
 DP_KEYS = {"site", "epsilon_prv", "epsilon_rdp", "delta", "noise_multiplier", "sample_rate", "steps",
@@ -52,7 +52,7 @@ def cfg(tmp_path):
 @pytest.fixture
 def weights(cfg):
     torch.manual_seed(0)
-    return get_weights(build_model(cfg.model_config(federation_scenario(cfg, build=False))))
+    return get_weights(build_model(run_task(cfg).model_config()))
 
 
 def deployed_site(tmp_path, where: str, drop_rows: int = 0, audio_rows: int | None = None, **policy) -> str:
@@ -120,7 +120,7 @@ def test_the_same_dp_round_twice_gives_different_updates_and_the_server_cannot_r
 def test_two_sites_with_the_same_name_and_size_draw_independent_noise(cfg, weights, tmp_path):
     one, _, _ = fit(cfg, deployed_site(tmp_path, "a"), weights)
     two, _, _ = fit(cfg, deployed_site(tmp_path, "b"), weights)
-    model = build_model(cfg.model_config(federation_scenario(cfg, build=False)))
+    model = build_model(run_task(cfg).model_config())
     trained = [p.requires_grad for p in model.state_dict(keep_vars=True).values()]
     noised = [(a, b) for (a, b), t in zip(zip(one[:-1], two[:-1], strict=True), trained, strict=True) if t]
     assert noised and not any(np.array_equal(a, b) for a, b in noised)  # before: all 230 were identical
@@ -251,8 +251,8 @@ def test_errors_reach_the_server_as_a_code_and_the_site_log_keeps_the_detail(
 def test_refusals_say_which_rule_without_the_sites_numbers(cfg, weights, tmp_path):
     site = deployed_site(tmp_path, "r", max_epsilon=0.5)
     _, examples, metrics = fit(cfg, site, weights)
-    assert examples == 0 and metrics["code"] == "budget" and "max_epsilon" in metrics["refused"]
-    assert "0.5" not in metrics["refused"]
+    assert examples == 0 and metrics["outcome"] == "refused" and metrics["code"] == "budget"
+    assert "max_epsilon" in metrics["reason"] and "0.5" not in metrics["reason"]
     assert "0.5" in open(f"{site}/{sitelog.LOG}").read()
 
 
@@ -303,10 +303,10 @@ def test_the_server_announcing_secagg_but_sending_plain_messages_gets_nothing(cf
 def test_a_record_that_fails_to_load_or_gives_nan_contributes_nothing_instead_of_failing(
     cfg, weights, tmp_path
 ):
-    from mmfed.site import runtime as site_mod
+    from mmfed.site import loading
 
     site = deployed_site(tmp_path, "bad", public_examples=30)
-    runtime = site_mod.load_site(cfg, {"site-dir": site})
+    runtime = loading.load_site(cfg, {"site-dir": site})
     real = type(runtime.train).__getitem__
     broken = runtime.train.samples[0].id
     poisoned = runtime.train.samples[1].id
@@ -377,17 +377,17 @@ def test_a_deployed_site_must_declare_what_it_discloses_to_train_under_dp(
 
 # -- the site's policy owns what concerns the site -----------------------------------------------------
 def test_the_server_cannot_switch_off_scrubbing_a_site_requires(cfg, tmp_path):
-    from mmfed.site import runtime as site_mod
+    from mmfed.site import loading
 
     lax = cfg.replace(deidentify=False, mask_diagnosis=False)
     strict = deployed_site(tmp_path, "strict", mask_diagnosis=True)  # deidentify = true: the template's
-    runtime = site_mod.load_site(lax, {"site-dir": strict})
+    runtime = loading.load_site(lax, {"site-dir": strict})
     spec = runtime.train.processors.spec.text
     assert spec.deidentify and spec.mask_diagnosis
     relaxed = deployed_site(tmp_path, "relaxed", deidentify=False)
-    spec = site_mod.load_site(lax, {"site-dir": relaxed}).train.processors.spec.text
+    spec = loading.load_site(lax, {"site-dir": relaxed}).train.processors.spec.text
     assert not spec.deidentify and not spec.mask_diagnosis  # the site's own choice
-    spec = site_mod.load_site(cfg, {"site-dir": relaxed}).train.processors.spec.text
+    spec = loading.load_site(cfg, {"site-dir": relaxed}).train.processors.spec.text
     assert spec.deidentify  # ... and a run can always add protection
 
 

@@ -129,10 +129,10 @@ def test_aggregate_is_example_weighted_mean_of_accepted_deltas(cfg, monkeypatch)
     good = [seen[s] for s in ("site_00000", "site_00001")]
     total = sum(n for _, _, n in good)
     expected = [g + sum(n * d[i] for _, d, n in good) / total for i, g in enumerate(global0)]
+    from mmfed.federation.run_task import run_task
     from mmfed.models import build_model
-    from mmfed.site.runtime import federation_scenario
 
-    keys = list(build_model(cfg.model_config(federation_scenario(cfg))).state_dict())
+    keys = list(build_model(run_task(cfg).model_config()).state_dict())
     saved = final_weights(cfg, 1)
     assert all(np.allclose(e, saved[k], atol=1e-6) for e, k in zip(expected, keys, strict=True))
 
@@ -141,19 +141,19 @@ def test_resume_after_a_crash_gives_the_same_model_as_an_uninterrupted_run(cfg, 
     full = cfg.replace(rounds=3, run_dir=str(tmp_path / "full"))
     run(full)
     crashed = cfg.replace(rounds=3, run_dir=str(tmp_path / "crashed"))
-    import mmfed.server.strategy as strategy_mod
+    from mmfed.server.fedavg import DeltaFedAvg
 
-    real = strategy_mod.MMFedAvg.aggregate_evaluate
+    real = DeltaFedAvg.aggregate_evaluate
 
     def killed_in_round_3(self, server_round, results, failures):
-        if self._round(server_round) == 3:
+        if self.round_of(server_round) == 3:
             raise KeyboardInterrupt("server killed")  # after round 3's fit rows were logged
         return real(self, server_round, results, failures)
 
-    monkeypatch.setattr(strategy_mod.MMFedAvg, "aggregate_evaluate", killed_in_round_3)
+    monkeypatch.setattr(DeltaFedAvg, "aggregate_evaluate", killed_in_round_3)
     with pytest.raises(KeyboardInterrupt):
         run(crashed)
-    monkeypatch.setattr(strategy_mod.MMFedAvg, "aggregate_evaluate", real)
+    monkeypatch.setattr(DeltaFedAvg, "aggregate_evaluate", real)
     # the crash came after round 3's checkpoint; drop it to resume from a mid-run state (round 2)
     import os
 
@@ -170,6 +170,36 @@ def test_resume_after_a_crash_gives_the_same_model_as_an_uninterrupted_run(cfg, 
     assert len(rows(crashed, kind="fit", round=3)) == 3
     cfg_json = json.load(open(f"{crashed.run_dir}/config.json"))
     assert cfg_json["resumed"][0]["from_round"] == 2
+
+
+def test_static_message_config_reaches_every_site_in_fit_and_evaluate(cfg, monkeypatch):
+    import mmfed.server.run as run_mod
+    from mmfed.site.client import SiteClient
+
+    real_build = run_mod.build_strategy
+    static = {"static-note": "T1 x-ray", "server-round": "x"}
+    def build(*args, **kwargs):
+        return real_build(*args, **{**kwargs, "message_config": {**kwargs["message_config"], **static}})
+
+    monkeypatch.setattr(run_mod, "build_strategy", build)
+    seen: list[tuple[str, dict]] = []
+    for kind in ("fit", "evaluate"):
+        real = getattr(SiteClient, kind)
+
+        def spy(self, parameters, config, kind=kind, real=real):
+            seen.append((kind, dict(config)))
+            return real(self, parameters, config)
+
+        monkeypatch.setattr(SiteClient, kind, spy)
+    run(cfg.replace(rounds=1))
+    assert sorted(k for k, _ in seen) == ["evaluate"] * 3 + ["fit"] * 3
+    assert all(c["static-note"] == "T1 x-ray" for _, c in seen)
+    from mmfed.federation.run_task import run_task
+    from mmfed.task import Task
+
+    assert all(Task.from_json(c["task"]) == run_task(cfg) for _, c in seen)  # every message: the task
+    assert all(c["server-round"] == 1 and c["run-id"] for _, c in seen)  # the round's own keys win
+    assert all("ledger-heads" in c for k, c in seen if k == "fit")
 
 
 def test_resume_with_other_settings_is_refused(cfg):
@@ -202,16 +232,17 @@ def test_too_few_usable_updates_stops_the_run_keeping_checkpoints(cfg, monkeypat
 
 
 def test_iid_and_dirichlet_partitions_give_disjoint_sites(cfg):
-    from mmfed.site.runtime import federation_scenario, site_samples
+    from mmfed.federation.run_task import run_scenario, run_task
+    from mmfed.site.loading import site_samples
 
     for how in ("iid", "dirichlet:0.5"):
         c = cfg.replace(partition=how)
-        scenario = federation_scenario(c)
+        scenario = run_scenario(c, run_task(c))
         parts = [site_samples(c, scenario, i, 3)[1] for i in range(3)]
         ids = [s.id for p in parts for s in p]
         assert len(ids) == len(set(ids)) == 150
     with pytest.raises(ConfigError, match="3 natural sites but the federation has 4"):
-        site_samples(cfg, federation_scenario(cfg), 0, 4)
+        site_samples(cfg, run_scenario(cfg, run_task(cfg)), 0, 4)
 
 
 def test_check_update_names_each_problem():

@@ -102,16 +102,18 @@ def record_fits(monkeypatch) -> dict:
 
 
 def plan(monkeypatch, lacking: dict[int, str]) -> None:
-    monkeypatch.setattr(site_mod, "missing_modality_plan", lambda *a, **k: dict(lacking))
+    from mmfed.site import loading
+
+    monkeypatch.setattr(loading, "missing_modality_plan", lambda *a, **k: dict(lacking))
 
 
 def round_change(cfg) -> dict[str, np.ndarray]:
+    from mmfed.federation.run_task import run_task
     from mmfed.models import build_model
-    from mmfed.site.runtime import federation_scenario
     from mmfed.train.loop import seed_everything
 
     seed_everything(cfg.seed)
-    state = build_model(cfg.model_config(federation_scenario(cfg))).state_dict()
+    state = build_model(run_task(cfg).model_config()).state_dict()
     after = load_file(f"{cfg.run_dir}/checkpoints/round_0001.safetensors")
     return {k: after[k].astype(np.float64) - v.numpy().astype(np.float64) for k, v in state.items()}
 

@@ -296,13 +296,17 @@ def test_data_prepare_into_a_new_cache_still_works(tmp_path, monkeypatch):
     prepared = []
 
     def fake(name, data_dir=None, cache_dir=None, seed=0):
+        from mmfed.data.scenarios import Scenario
+
         prepared.append(cache_dir)
-        return type("Scenario", (), {"sites": [tmp_path / "cache" / "site_0"]})()
+        (tmp_path / "cache" / "site_0").mkdir(parents=True)
+        return Scenario(name, [tmp_path / "cache" / "site_0"], ["0", "1"], ("image",))
 
     monkeypatch.setattr("mmfed.data.scenarios.prepare_scenario", fake)
     result = invoke("data", "prepare", "--scenario", "synthetic", "--cache-dir", tmp_path / "cache")
     assert result.exit_code == 0, result.output
     assert prepared == [tmp_path / "cache"] and "site_0" in result.output
+    assert (tmp_path / "cache" / "task.toml").is_file() and "task.toml" in result.output
 
 
 # -- site init -------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 from localgrid import run_federation as run
 from safetensors.numpy import load_file
 
-import mmfed.server.strategy as strategy_mod
+import mmfed.server.secure as secure_mod
 import mmfed.site.runtime as site_mod
 from mmfed.errors import MMFedError
 from mmfed.federation.config import FederationConfig
@@ -58,12 +58,12 @@ def fedavg(seen, names) -> list[np.ndarray]:
 
 def global_step(cfg) -> list[np.ndarray]:
     """Round 1's change of the global model, in state_dict order (the server's initial model is seeded)."""
+    from mmfed.federation.run_task import run_task
     from mmfed.models import build_model
-    from mmfed.site.runtime import federation_scenario
     from mmfed.train.loop import seed_everything
 
     seed_everything(cfg.seed)
-    state = build_model(cfg.model_config(federation_scenario(cfg))).state_dict()
+    state = build_model(run_task(cfg).model_config()).state_dict()
     after = load_file(f"{cfg.run_dir}/checkpoints/round_0001.safetensors")
     return [after[k].astype(np.float64) - v.numpy().astype(np.float64) for k, v in state.items()]
 
@@ -80,13 +80,13 @@ def test_share_settings_work_from_3_to_1000_sites():
 def test_secure_aggregate_equals_fedavg_and_the_strategy_never_sees_one_site(cfg, monkeypatch):
     seen = spy_sites(monkeypatch)
     received = []
-    real = strategy_mod.MMFedAvg._aggregate_secure
+    real = secure_mod.SecAggPlusFedAvg.aggregate_fit
 
-    def spy(self, rnd, results, failures):
-        received.extend(strategy_mod.parameters_to_ndarrays(r.parameters) for _, r in results)
-        return real(self, rnd, results, failures)
+    def spy(self, server_round, results, failures):
+        received.extend(secure_mod.parameters_to_ndarrays(r.parameters) for _, r in results)
+        return real(self, server_round, results, failures)
 
-    monkeypatch.setattr(strategy_mod.MMFedAvg, "_aggregate_secure", spy)
+    monkeypatch.setattr(secure_mod.SecAggPlusFedAvg, "aggregate_fit", spy)
     secure = cfg.replace(secure_aggregation=True)
     assert run(secure)["rounds_completed"] == 1
     assert max_diff(global_step(secure), fedavg(seen, sorted(seen))) <= 1e-4

@@ -20,6 +20,7 @@ from pathlib import Path
 from mmfed.config import MODALITIES
 from mmfed.data.tabular import parse_cell
 from mmfed.errors import ManifestError
+from mmfed.task import Columns
 
 MANIFEST_NAME = "manifest.csv"
 LABELS_NAME = "labels.txt"
@@ -157,14 +158,17 @@ def load_manifest(
     report_path: str | Path | None = None,
     labels: list[str] | None = None,
     check_files: bool = True,
+    columns: Columns | None = None,
 ) -> SiteManifest:
     """Read and validate `site_dir/manifest.csv`.
 
     on_bad_row='fail' raises ManifestError listing every problem; 'skip' drops the bad rows and writes
     them, with the reason, to `report_path` (default `site_dir/skipped_rows.csv` is never used: the
     caller names where the report goes, e.g. the run directory). `labels` overrides labels.txt, so all
-    sites of a federation share one class order.
+    sites of a federation share one class order. `columns` (a task's [columns]) says which of the site's
+    columns feed what; problems are reported under the site's own column names.
     """
+    columns = columns or Columns()
     if on_bad_row not in ON_BAD_ROW:
         raise ValueError(f"on_bad_row must be one of {ON_BAD_ROW}, got {on_bad_row!r}")
     site_dir = Path(site_dir)
@@ -184,93 +188,17 @@ def load_manifest(
             ],
         )
     label_names = labels if labels is not None else read_labels(site_dir)
-
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        _check_header(path, header)
-        reader.fieldnames = header
-        rows = []
-        for raw in reader:
-            if None in raw:  # more cells than header columns
-                rows.append((reader.line_num, raw, "row has more cells than the header has columns"))
-            else:
-                rows.append((reader.line_num, raw, None))
-
-    problems: list[RowProblem] = []
-    bad_rows: set[int] = set()
-    parsed: list[tuple[int, int, dict[str, str]]] = []
-    seen_ids: dict[str, int] = {}
-    for index, (line, raw, row_error) in enumerate(rows, start=1):
-        cells = {k: (v or "").strip() for k, v in raw.items() if k is not None}
-        if not any(cells.values()) and not row_error:
-            continue  # blank line
-        sample_id = cells.get("id", "")
-
-        def bad(column: str, message: str, index=index, line=line, sample_id=sample_id) -> None:
-            problems.append(RowProblem(index, line, column, message, sample_id))
-            bad_rows.add(index)
-
-        if row_error:
-            bad("-", row_error + "; quote text that contains commas")
-        if not sample_id:
-            bad("id", "empty id; give every sample a unique id")
-        elif sample_id in seen_ids:
-            bad("id", f"duplicate id {sample_id!r} (first used on row {seen_ids[sample_id]})")
-        else:
-            seen_ids[sample_id] = index
-        split = cells.get("split", "").lower()
-        if split not in SPLITS:
-            hint = " (use 'val')" if split in ("valid", "validation", "dev") else ""
-            bad("split", f"split {cells.get('split', '')!r} is not one of {', '.join(SPLITS)}{hint}")
-        if not cells.get("label"):
-            bad("label", "empty label")
-        elif label_names is not None and cells["label"] not in label_names:
-            bad("label", f"unknown label {cells['label']!r}; known labels: {', '.join(label_names)}")
-        if not any(cells.get(m) for m in MODALITIES):
-            bad("-", f"no modality at all: fill at least one of {', '.join(MODALITIES)}")
-        if cells.get("tabular"):
-            problem = parse_cell(cells["tabular"])[1]
-            if problem:
-                bad("tabular", problem)
-        parsed.append((index, line, cells))
-
+    reading = _Reading(site_dir, columns)
+    header, rows = reading.rows(path)
+    parsed = reading.check(rows, label_names)
     if label_names is None:
-        label_names = sort_labels(c["label"] for i, _, c in parsed if i not in bad_rows and c.get("label"))
-    label_index = {name: i for i, name in enumerate(label_names)}
-
-    samples: list[Sample] = []
-    extra_columns = [c for c in header if c not in REQUIRED_COLUMNS and c not in MODALITIES]
-    for index, line, cells in parsed:
-        fields: dict[str, object] = {}
-        for modality in FILE_MODALITIES:
-            cell = cells.get(modality, "")
-            if not cell:
-                continue
-            if check_files:
-                resolved, problem = _check_file(site_dir, cell, modality)
-                if problem:
-                    problems.append(RowProblem(index, line, modality, problem, cells.get("id", "")))
-                    bad_rows.add(index)
-                fields[modality] = resolved
-            else:
-                fields[modality] = site_dir / cell
-        if index in bad_rows:
-            continue
-        samples.append(
-            Sample(
-                id=cells["id"],
-                label=label_index[cells["label"]],
-                split=cells["split"].lower(),
-                text=cells.get("text") or None,
-                tabular=cells.get("tabular") or None,
-                row=index,
-                extra={c: cells.get(c, "") for c in extra_columns},
-                **fields,
-            )
+        label_names = sort_labels(
+            c["label"] for i, _, c in parsed if i not in reading.bad_rows and c.get("label")
         )
-
-    problems.sort(key=lambda p: (p.row, p.column))
+    read = set(columns.header_names())
+    extra_columns = [c for c in header if c not in read]
+    samples = reading.samples(parsed, label_names, extra_columns, check_files)
+    problems = sorted(reading.problems, key=lambda p: (p.row, p.column))
     if problems and on_bad_row == "fail":
         raise ManifestError(str(path), problems)
     if problems:
@@ -286,22 +214,125 @@ def load_manifest(
     )
 
 
-def _check_header(path: Path, header: list[str]) -> None:
+class _Reading:
+    """One manifest being read: every problem found, under the site's own column names."""
+
+    def __init__(self, site_dir: Path, columns: Columns):
+        self.site_dir, self.columns = site_dir, columns
+        self.problems: list[RowProblem] = []
+        self.bad_rows: set[int] = set()
+
+    def bad(self, index: int, line: int, column: str, message: str, sample_id: str) -> None:
+        shown = self.columns.source(column) if column in _CANONICAL else column
+        self.problems.append(RowProblem(index, line, shown, message, sample_id))
+        self.bad_rows.add(index)
+
+    def rows(self, path: Path) -> tuple[list[str], list[tuple[int, dict, str | None]]]:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            _check_header(path, header, self.columns)
+            reader.fieldnames = header
+            rows = []
+            for raw in reader:
+                error = "row has more cells than the header has columns" if None in raw else None
+                rows.append((reader.line_num, _project(raw, self.columns), error))
+        return header, rows
+
+    def check(self, rows: list, label_names: list[str] | None) -> list[tuple[int, int, dict]]:
+        """(row index, line, cells) of every non-blank row; each row's problems noted."""
+        parsed = []
+        seen_ids: dict[str, int] = {}
+        for index, (line, cells, row_error) in enumerate(rows, start=1):
+            if not any(cells[_EXTRA].values()) and not row_error:
+                continue  # blank line
+            sample_id = cells.get("id", "")
+
+            def bad(column: str, message: str, index=index, line=line, sample_id=sample_id) -> None:
+                self.bad(index, line, column, message, sample_id)
+
+            if row_error:
+                bad("-", row_error + "; quote text that contains commas")
+            if not sample_id:
+                bad("id", "empty id; give every sample a unique id")
+            elif sample_id in seen_ids:
+                bad("id", f"duplicate id {sample_id!r} (first used on row {seen_ids[sample_id]})")
+            else:
+                seen_ids[sample_id] = index
+            self._check_cells(cells, label_names, bad)
+            parsed.append((index, line, cells))
+        return parsed
+
+    def _check_cells(self, cells: dict, label_names: list[str] | None, bad) -> None:
+        split = cells.get("split", "").lower()
+        if split not in SPLITS:
+            hint = " (use 'val')" if split in ("valid", "validation", "dev") else ""
+            bad("split", f"split {cells.get('split', '')!r} is not one of {', '.join(SPLITS)}{hint}")
+        if not cells.get("label"):
+            bad("label", "empty label")
+        elif label_names is not None and cells["label"] not in label_names:
+            bad("label", f"unknown label {cells['label']!r}; known labels: {', '.join(label_names)}")
+        if not any(cells.get(m) for m in MODALITIES):
+            filled = ", ".join(self.columns.source(m) for m in MODALITIES)
+            bad("-", f"no modality at all: fill at least one of {filled}")
+        for column, problem in cells.pop(_PROBLEMS, []):
+            bad(column, problem)
+        if cells.get("tabular"):
+            problem = parse_cell(cells["tabular"])[1]
+            if problem:
+                bad("tabular", problem)
+
+    def samples(
+        self, parsed: list, label_names: list[str], extra_columns: list[str], check_files: bool
+    ) -> list[Sample]:
+        label_index = {name: i for i, name in enumerate(label_names)}
+        samples = []
+        for index, line, cells in parsed:
+            fields: dict[str, object] = {}
+            for modality in FILE_MODALITIES:
+                cell = cells.get(modality, "")
+                if not cell:
+                    continue
+                if not check_files:
+                    fields[modality] = self.site_dir / cell
+                    continue
+                fields[modality], problem = _check_file(self.site_dir, cell, modality)
+                if problem:
+                    self.bad(index, line, modality, problem, cells.get("id", ""))
+            if index in self.bad_rows:
+                continue
+            samples.append(
+                Sample(
+                    id=cells["id"],
+                    label=label_index[cells["label"]],
+                    split=cells["split"].lower(),
+                    text=cells.get("text") or None,
+                    tabular=cells.get("tabular") or None,
+                    row=index,
+                    extra={c: cells[_EXTRA].get(c, "") for c in extra_columns},
+                    **fields,
+                )
+            )
+        return samples
+
+
+def _check_header(path: Path, header: list[str], columns: Columns) -> None:
     problems = []
     if len(header) == 1 and ";" in header[0]:
         problems.append(
             RowProblem(0, 1, "-", "the header uses ';' — save the manifest with ',' as separator")
         )
     for required in REQUIRED_COLUMNS:
-        if required not in header:
-            problems.append(
-                RowProblem(0, 1, required, f"required column '{required}' is missing from the header")
-            )
-    if not any(m in header for m in MODALITIES):
-        problems.append(
-            RowProblem(0, 1, "-", f"no modality column; add at least one of {', '.join(MODALITIES)}")
-        )
-    known = REQUIRED_COLUMNS + MODALITIES
+        if columns.source(required) not in header:
+            name = columns.source(required)
+            problems.append(RowProblem(0, 1, name, f"required column '{name}' is missing from the header"))
+    modality_columns = [c for c in columns.header_names() if c not in REQUIRED_COLUMNS] + [
+        columns.source(m) for m in MODALITIES
+    ]
+    if not any(c in header for c in modality_columns):
+        listed = ", ".join(dict.fromkeys(columns.source(m) for m in MODALITIES))
+        problems.append(RowProblem(0, 1, "-", f"no modality column; add at least one of {listed}"))
+    known = tuple(dict.fromkeys(columns.header_names()))
     for column in header:
         if column in known:
             continue
@@ -315,6 +346,33 @@ def _check_header(path: Path, header: list[str]) -> None:
         problems.append(RowProblem(0, 1, column, f"column '{column}' appears twice in the header"))
     if problems:
         raise ManifestError(str(path), problems)
+
+
+# canonical names of what a row holds; _project maps a site's columns onto them
+_CANONICAL = (*REQUIRED_COLUMNS, *MODALITIES)
+_PROBLEMS = "\0problems"  # keys no CSV header can produce: a row's projection problems, its raw cells
+_EXTRA = "\0extra"
+
+
+def _project(raw: dict[str | None, str | None], columns: Columns) -> dict:
+    """A row under the canonical names (id, label, split, the modalities), read through `columns`;
+    per-feature tabular columns are joined into the inline `name=value;...` cell."""
+    cells = {k: (v or "").strip() for k, v in raw.items() if k is not None}
+    out: dict = {name: cells.get(columns.source(name), "") for name in _CANONICAL if name != "tabular"}
+    problems = []
+    if columns.tabular_features:
+        parts = []
+        for feature in columns.tabular_features:
+            value = cells.get(feature, "")
+            if ";" in value or "=" in value:
+                problems.append((feature, f"value {value!r} holds ';' or '='; remove them"))
+            elif value:
+                parts.append(f"{feature}={value}")
+        out["tabular"] = ";".join(parts)
+    else:
+        out["tabular"] = cells.get(columns.tabular, "")
+    out[_PROBLEMS], out[_EXTRA] = problems, cells
+    return out
 
 
 def _write_report(report_path: str | Path | None, manifest: Path, problems: list[RowProblem]) -> None:

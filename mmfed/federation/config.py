@@ -1,5 +1,11 @@
 """The federation's run configuration: one typed object built from Flower's flat run config (or a TOML
-file, or the `mmfed simulate` options), validated with messages that name the setting."""
+file, or the `mmfed simulate` options), validated with messages that name the setting.
+
+Each field is a setting's one declaration (mmfed.federation.settings): section, help, what it accepts.
+Adding a setting is adding a field here; the `mmfed simulate` option, the check, the Flower default and
+docs/reference/settings.md follow from it (regenerate the latter two: `mmfed settings --flower`,
+`mmfed settings --markdown`; tests/test_settings.py says when they are stale).
+"""
 
 from __future__ import annotations
 
@@ -11,116 +17,220 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmfed.config import FUSIONS, TEXT_ENCODERS, ModelConfig, config_hash, parse_modalities, to_jsonable
+from mmfed.config import (
+    FUSIONS,
+    IMAGE_ENCODERS,
+    TEXT_ENCODERS,
+    config_hash,
+    parse_modalities,
+    to_jsonable,
+)
 from mmfed.errors import ConfigError
+from mmfed.federation.settings import above, at_least, between, declared, setting
 
 DEFAULT_LR = {"adamw": 2e-3, "sgd": 0.05}
 
-# settings that may differ between a run and its resumption
-RESUMABLE_SETTINGS = ("rounds", "run_dir", "resume", "device", "site_wait_s", "anchor_file")
+
+def _scenarios() -> tuple[str, ...]:
+    from mmfed.data.scenarios import SCENARIOS
+
+    return SCENARIOS
+
+
+def _check_partition(partition: str) -> None:
+    """Refused here, not when the sites are split (in Ray workers, after the run has started)."""
+    kind, colon, arg = partition.partition(":")
+    if kind == "dirichlet":
+        try:
+            alpha = float(arg)
+        except ValueError:
+            alpha = math.nan
+        if not (math.isfinite(alpha) and alpha > 0):
+            raise ConfigError(
+                "partition", f"{partition!r}: alpha must be a finite number > 0, e.g. dirichlet:0.1"
+            )
+    elif kind == "natural" and colon and not arg:
+        raise ConfigError("partition", f"{partition!r}: write natural or natural:COLUMN")
+    elif kind not in ("natural", "iid") or (kind == "iid" and colon):
+        raise ConfigError("partition", f"{partition!r}: use natural, iid or dirichlet:ALPHA")
+
+
+def _check_modalities(modalities: str) -> None:
+    if modalities:
+        parse_modalities(modalities)
+
+
+def _check_device(device: str) -> None:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise ConfigError("device", f"{device!r}: use auto, cpu, cuda or cuda:N")
+
+
+TASK, MODEL, TRAINING = "task", "model", "local training"
+DP, SECAGG, SERVER, PATHS = "differential privacy", "secure aggregation", "server policy", "paths/runtime"
 
 
 @dataclass(frozen=True)
 class FederationConfig:
-    scenario: str = "digits-av"
-    data_dir: str = ""  # fsdd-mnist: folder with fsdd/ and mnist/
-    sites: int = 6
-    samples_per_site: int = 50  # synthetic only
-    partition: str = "natural"  # natural | iid | dirichlet:ALPHA
-    modalities: str = ""  # empty: every modality the scenario has
-    fusion: str = "attention"
-    rounds: int = 3
-    local_epochs: int = 1
-    batch_size: int = 32
-    lr: float = 0.0  # 0: the optimizer's default (AdamW 2e-3, SGD 0.05)
-    optimizer: str = "adamw"  # adamw, or sgd (momentum 0.9)
-    lr_schedule: str = "cosine"  # cosine: the sites' learning rate decays over the rounds to 10%; or constant
-    augment: bool = True
-    modality_dropout: float = 0.3  # hide one of a training sample's modalities with this probability
-    missing_modality_rate: float = 0.0  # this share of the sites lacks one modality entirely (seeded)
-    per_encoder_averaging: bool = True  # average each encoder over the sites that trained it (else all)
-    text_encoder: str = "bert-small"  # or minilm: the pretrained all-MiniLM-L6-v2
-    freeze_text: bool = False  # minilm: freeze all of it (else its last layer trains)
-    deidentify: bool = True  # scrub names, dates, ages, contacts, ids, hospitals from text before tokenising
-    mask_diagnosis: bool = False  # label-leak guard: mask diagnosis terms in text (covid-cxr notes name it)
-    seed: int = 0
-    min_sites: int = 2  # fewer usable updates than this in a round stops the run
-    fraction_fit: float = 1.0
-    max_update_norm: float = 100.0  # an update (delta) with a larger L2 norm is rejected
-    run_dir: str = ""
-    resume: bool = False
-    cache_dir: str = ""
-    freeze_encoders: bool = False  # train only fusion + classifier (DP fine-tuning of a pretrained model)
-    initial_model: str = ""  # safetensors weights to start from (e.g. trained on public data); "" = random
-    server_test_dir: str = ""  # a site dir whose test split the server evaluates every round
-    device: str = "auto"
-    site_wait_s: float = 120.0  # how long the server waits for min-sites sites to connect
-    # differential privacy, proposed to the sites (each site's site.toml has the last word)
-    target_epsilon: float = 0.0  # ε the whole planned run may spend per site (PRV); 0: not set
-    noise_multiplier: float = 0.0  # σ; 0: derived from target-epsilon; both 0: no DP
-    max_grad_norm: float = 1.0  # per-sample clipping norm C
-    delta: float = 1e-5  # δ for sites without a policy of their own (a site.toml's δ wins)
-    state_dir: str = ""  # simulation: each site's privacy state lives in STATE_DIR/<site>
-    # server: a file every run appends each site's ledger head to, and hands sites the last one from, so a
-    # site rolled back between runs is caught too (default: only this run directory's anchors.jsonl)
-    anchor_file: str = ""
-    grad_sample_mode: str = "ew"  # Opacus per-sample gradients: ew (fastest here), hooks, functorch
-    # secure aggregation (Flower SecAgg+): the server only ever sees the sum of the sites' updates
-    secure_aggregation: bool = False
-    secagg_max_examples: int = 10000  # largest training set a site may weight its update by (max_weight)
-    secagg_clipping_range: float = 1.0  # |update value| x examples / secagg-max-examples must fit in this
+    # -- task --------------------------------------------------------------------------------------
+    scenario: str = setting(
+        "digits-av", TASK, "built-in scenario: digits-av (embedded data), fsdd-mnist, covid-cxr, grid-av "
+        "(these read data-dir), synthetic (generated)", choices=_scenarios,
+    )  # fmt: skip
+    task: str = setting(
+        "", TASK, "task.toml declaring labels, modalities, tensor settings and model; empty: the scenario's "
+        "built-in task",
+    )  # fmt: skip
+    site_dirs: str = setting(
+        "", TASK, "comma-separated site directories to simulate, one site each (with --task)"
+    )
+    data_dir: str = setting(
+        "",
+        TASK,
+        "folder with the real data a scenario reads (fsdd-mnist: fsdd/ and mnist/; covid-cxr; grid-av)",
+    )
+    sites: int = setting(
+        2, TASK, "number of sites (flwr run: as many as --federation-config num-supernodes; scenarios with "
+        "natural sites: their data decides)", range=at_least(1),
+    )  # fmt: skip
+    samples_per_site: int = setting(
+        50, TASK, "examples per site of the synthetic scenario", range=at_least(1)
+    )
+    partition: str = setting(
+        "natural", TASK, "how data becomes sites: natural (the scenario's own sites; natural:COLUMN), iid, "
+        "or dirichlet:ALPHA (label skew, smaller is more skewed)", check=_check_partition,
+    )  # fmt: skip
+    modalities: str = setting(
+        "",
+        TASK,
+        "comma list, e.g. image,audio; empty: every modality the scenario has",
+        check=_check_modalities,
+    )
+    missing_modality_rate: float = setting(
+        0.0, TASK, "this share of the sites lacks one modality entirely (seeded)", range=between(0, 1)
+    )
+    deidentify: bool = setting(
+        True, TASK, "scrub names, dates, ages, contacts, ids, hospitals from text before tokenising"
+    )
+    mask_diagnosis: bool = setting(
+        False, TASK, "label-leak guard: mask diagnosis terms in text (covid-cxr notes name the diagnosis)"
+    )
+    seed: int = setting(0, TASK, "seeds the scenario, the partition and every site's training")
+    # -- model -------------------------------------------------------------------------------------
+    fusion: str = setting("attention", MODEL, "how the modalities' encodings are combined", choices=FUSIONS)
+    image_encoder: str = setting(
+        "cnn", MODEL, "image encoder: cnn (small, from scratch) or resnet18", choices=IMAGE_ENCODERS
+    )
+    text_encoder: str = setting(
+        "bert-small", MODEL, "text encoder: bert-small (from scratch) or minilm (the pretrained "
+        "all-MiniLM-L6-v2, offline)", choices=TEXT_ENCODERS,
+    )  # fmt: skip
+    freeze_text: bool = setting(False, MODEL, "minilm: freeze all of it (else its last layer trains)")
+    freeze_encoders: bool = setting(
+        False, MODEL, "train only fusion + classifier (DP fine-tuning of a pretrained initial-model)"
+    )
+    initial_model: str = setting(
+        "", MODEL, "safetensors weights to start from (e.g. `mmfed train` on public data); empty: random"
+    )
+    # -- local training ----------------------------------------------------------------------------
+    local_epochs: int = setting(1, TRAINING, "epochs each site trains per round", range=at_least(1))
+    batch_size: int = setting(
+        32, TRAINING, "training batch size (under DP: the expected batch)", range=at_least(1)
+    )
+    lr: float = setting(
+        0.0, TRAINING, "learning rate; 0: the optimizer's default (AdamW 2e-3, SGD 0.05)",
+        range=at_least(0, "(0: the optimizer's default)"),
+    )  # fmt: skip
+    optimizer: str = setting("adamw", TRAINING, "adamw, or sgd (momentum 0.9)", choices=("adamw", "sgd"))
+    lr_schedule: str = setting(
+        "cosine", TRAINING, "cosine: the sites' learning rate decays over the rounds to 10%, so the global "
+        "model settles; or constant", choices=("cosine", "constant"),
+    )  # fmt: skip
+    augment: bool = setting(True, TRAINING, "audio/image augmentation while training")
+    modality_dropout: float = setting(
+        0.3, TRAINING, "hide one of a training sample's modalities with this probability",
+        range=between(0, 1, "[)"),
+    )  # fmt: skip
+    # -- differential privacy, proposed to the sites (each site's site.toml has the last word) --------
+    target_epsilon: float = setting(
+        0.0, DP, "ε the whole planned run may spend per site (PRV accountant); 0: not set",
+        range=at_least(0, "(0: not set)"),
+    )  # fmt: skip
+    noise_multiplier: float = setting(
+        0.0, DP, "σ, instead of target-epsilon; both 0: no DP", range=at_least(0, "(0: not set)")
+    )
+    max_grad_norm: float = setting(1.0, DP, "per-sample clipping norm C", range=above(0))
+    delta: float = setting(
+        1e-5, DP, "δ for sites without a policy of their own (a site.toml's δ wins)",
+        range=between(0, 1, "()", "(e.g. 1e-5)"),
+    )  # fmt: skip
+    grad_sample_mode: str = setting(
+        "ew", DP, "Opacus per-sample gradients: ew (fastest here), hooks or functorch",
+        choices=("ew", "hooks", "functorch"),
+    )  # fmt: skip
+    state_dir: str = setting(
+        "", DP, "simulation: each site's privacy state (site.toml, keys, budget, ledger) lives in "
+        "STATE_DIR/<site>; empty: RUN_DIR/sites",
+    )  # fmt: skip
+    anchor_file: str = setting(
+        "", DP, "server: a file every run appends each site's ledger head to and hands sites the last one "
+        "from, so a site rolled back between runs is caught too; empty: this run directory's anchors.jsonl",
+        resumable=True,
+    )  # fmt: skip
+    # -- secure aggregation (Flower SecAgg+) ---------------------------------------------------------
+    secure_aggregation: bool = setting(
+        False, SECAGG, "SecAgg+: the server only ever sees the sum of the updates"
+    )
+    secagg_max_examples: int = setting(
+        10000, SECAGG, "largest training set a site may weight its update by (max_weight)", range=at_least(1)
+    )
+    secagg_clipping_range: float = setting(
+        1.0, SECAGG, "|update value| x examples / secagg-max-examples must fit in this", range=above(0)
+    )
+    # -- server policy -----------------------------------------------------------------------------
+    rounds: int = setting(3, SERVER, "server rounds", range=at_least(1), resumable=True)
+    min_sites: int = setting(
+        2, SERVER, "fewer usable updates than this in a round stops the run", range=at_least(1)
+    )
+    fraction_fit: float = setting(
+        1.0, SERVER, "share of the connected sites asked to train each round", range=between(0, 1, "(]")
+    )
+    max_update_norm: float = setting(
+        100.0, SERVER, "an update (local - global) with a larger L2 norm is rejected", range=above(0)
+    )
+    per_encoder_averaging: bool = setting(
+        True, SERVER, "average each encoder over the sites that trained it (else over all sites)"
+    )
+    server_test_dir: str = setting(
+        "", SERVER, "a site directory whose test split the server evaluates every round"
+    )
+    site_wait_s: float = setting(
+        120.0, SERVER, "seconds the server waits for min-sites sites to connect", range=at_least(0),
+        resumable=True,
+    )  # fmt: skip
+    # -- paths and runtime -------------------------------------------------------------------------
+    run_dir: str = setting(
+        "", PATHS, "new directory for the results; empty: runs/fed-<scenario>-<time>", resumable=True
+    )
+    resume: bool = setting(
+        False, PATHS, "continue the run in run-dir from its last complete round", resumable=True
+    )
+    cache_dir: str = setting(
+        "", PATHS, "where scenarios and features are cached; empty: $MMFED_CACHE_DIR or the default"
+    )
+    device: str = setting(
+        "auto", PATHS, "auto (CUDA when present), cpu, cuda or cuda:N", check=_check_device, resumable=True
+    )
 
     def validate(self) -> None:
-        from mmfed.data.scenarios import SCENARIOS
-
-        if self.scenario not in SCENARIOS:
-            raise ConfigError("scenario", f"{self.scenario!r} is not one of {', '.join(SCENARIOS)}")
-        if self.fusion not in FUSIONS:
-            raise ConfigError("fusion", f"{self.fusion!r} is not one of {', '.join(FUSIONS)}")
-        if self.modalities:
-            parse_modalities(self.modalities)
-        for name in ("sites", "rounds", "local_epochs", "batch_size", "min_sites", "samples_per_site"):
-            if getattr(self, name) < 1:
-                raise ConfigError(name.replace("_", "-"), f"must be >= 1, got {getattr(self, name)}")
+        """Each setting against its declaration, then the rules between settings."""
+        for item in declared():
+            item.validate(getattr(self, item.name))
         if self.min_sites > self.sites:
             raise ConfigError("min-sites", f"{self.min_sites} is more than the {self.sites} sites of the run")
-        # NaN compares False both ways and inf passes `> 0`: each float must be finite, then in range, or
-        # `target-epsilon = nan` would quietly mean "no DP" and `inf` a token σ
-        for name, in_range, wants in (
-            ("fraction_fit", lambda x: 0 < x <= 1, "in (0, 1]"),
-            ("max_update_norm", lambda x: x > 0, "> 0"),
-            ("modality_dropout", lambda x: 0 <= x < 1, "in [0, 1)"),
-            ("missing_modality_rate", lambda x: 0 <= x <= 1, "in [0, 1]"),
-            ("lr", lambda x: x >= 0, ">= 0 (0: the optimizer's default)"),
-            ("site_wait_s", lambda x: x >= 0, ">= 0"),
-            ("target_epsilon", lambda x: x >= 0, ">= 0 (0: not set)"),
-            ("noise_multiplier", lambda x: x >= 0, ">= 0 (0: not set)"),
-            ("max_grad_norm", lambda x: x > 0, "> 0"),
-            ("delta", lambda x: 0 < x < 1, "in (0, 1), e.g. 1e-5"),
-            ("secagg_clipping_range", lambda x: x > 0, "> 0"),
-        ):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and in_range(value)):
-                raise ConfigError(name.replace("_", "-"), f"must be a finite number {wants}, got {value}")
-        if self.secagg_max_examples < 1:
-            raise ConfigError("secagg-max-examples", f"must be >= 1, got {self.secagg_max_examples}")
-        if self.text_encoder not in TEXT_ENCODERS:
-            raise ConfigError(
-                "text-encoder", f"{self.text_encoder!r} is not one of {', '.join(TEXT_ENCODERS)}"
-            )
-        if self.optimizer not in ("adamw", "sgd"):
-            raise ConfigError("optimizer", f"{self.optimizer!r}: use adamw or sgd")
-        if self.lr_schedule not in ("cosine", "constant"):
-            raise ConfigError("lr-schedule", f"{self.lr_schedule!r}: use cosine or constant")
         if self.target_epsilon > 0 and self.noise_multiplier > 0:
             raise ConfigError(
                 "noise-multiplier", "give target-epsilon or noise-multiplier, not both (σ follows from ε)"
             )
-        if self.grad_sample_mode not in ("ew", "hooks", "functorch"):
-            raise ConfigError("grad-sample-mode", f"{self.grad_sample_mode!r}: use ew, hooks or functorch")
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
-            raise ConfigError("device", f"{self.device!r}: use auto, cpu, cuda or cuda:N")
-        _check_partition(self.partition)
 
     # -- conversions -------------------------------------------------------------------------------
     @classmethod
@@ -181,39 +291,14 @@ class FederationConfig:
     def private(self) -> bool:
         return self.target_epsilon > 0 or self.noise_multiplier > 0
 
-    def model_config(self, scenario) -> ModelConfig:
-        mods = scenario.run_modalities(self.modalities)
-        return ModelConfig.for_data(
-            scenario.spec,
-            modalities=mods,
-            num_classes=len(scenario.labels),
-            fusion=self.fusion,
-            text_encoder=self.text_encoder,
-            freeze_text=self.freeze_text,
-        )
-
     def identity_hash(self) -> str:
         """What must not change between a run and its resumption (not rounds, run dir or resume)."""
         keep = {k: v for k, v in to_jsonable(self).items() if k not in RESUMABLE_SETTINGS}
         return config_hash(keep)
 
 
-def _check_partition(partition: str) -> None:
-    """Refused here, not when the sites are split (in Ray workers, after the run has started)."""
-    kind, colon, arg = partition.partition(":")
-    if kind == "dirichlet":
-        try:
-            alpha = float(arg)
-        except ValueError:
-            alpha = math.nan
-        if not (math.isfinite(alpha) and alpha > 0):
-            raise ConfigError(
-                "partition", f"{partition!r}: alpha must be a finite number > 0, e.g. dirichlet:0.1"
-            )
-    elif kind == "natural" and colon and not arg:
-        raise ConfigError("partition", f"{partition!r}: write natural or natural:COLUMN")
-    elif kind not in ("natural", "iid") or (kind == "iid" and colon):
-        raise ConfigError("partition", f"{partition!r}: use natural, iid or dirichlet:ALPHA")
+# settings that may differ between a run and its resumption
+RESUMABLE_SETTINGS = tuple(f.name for f in dataclasses.fields(FederationConfig) if f.metadata["resumable"])
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:

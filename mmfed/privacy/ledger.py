@@ -147,6 +147,23 @@ def verify(
     The chain makes the last entry's signature cover every earlier line, so an intact chain needs one
     signature check; `every_signature` (or any broken link) checks each entry's to name the first bad one.
     """
+    entries, problem = _parse(lines)
+    if problem:
+        return entries, problem
+    signer, problem = _signers(entries, public)
+    if problem:
+        return entries, problem
+    problem = _chain_problem(lines, entries, signer, every_signature)
+    if problem:
+        return entries, problem
+    if entries and not every_signature and (bad := _signature_problem(signer, len(entries), entries[-1])):
+        # something is wrong: check every entry so the message names the first bad one
+        return entries, verify(lines, public, every_signature=True)[1] or bad
+    return entries, None
+
+
+def _parse(lines: list[bytes]) -> tuple[list[dict[str, Any]], Problem | None]:
+    """The entries up to the first line that is not JSON or lacks a required field (then that problem)."""
     entries: list[dict[str, Any]] = []
     for number, line in enumerate(lines, start=1):
         try:
@@ -169,8 +186,13 @@ def verify(
             bad = next(n for n, kinds in REQUIRED_TYPES if n not in entry or type(entry[n]) not in kinds)
             return entries, Problem(number, f"field {bad!r} is missing or not a {REQUIRED[bad].__name__}")
         entries.append(entry)
+    return entries, None
 
-    # the key each entry must be signed with: the trusted one, then each rotation's new key
+
+def _signers(
+    entries: list[dict[str, Any]], public: Ed25519PublicKey
+) -> tuple[list[Ed25519PublicKey], Problem | None]:
+    """The key each entry must be signed with: the trusted one, then each rotation's new key."""
     signer = [public] * len(entries)
     current = public
     for i, entry in enumerate(entries):
@@ -178,32 +200,42 @@ def verify(
             try:
                 announced = public_key_from_text(entry["new_public_key"])
             except MMFedError as exc:
-                return entries, Problem(i + 1, f"key rotation: {exc}")
+                return signer, Problem(i + 1, f"key rotation: {exc}")
             if key_id(announced) != entry["new_key_id"]:
-                return entries, Problem(i + 1, "key rotation: new_key_id is not the announced key's")
+                return signer, Problem(i + 1, "key rotation: new_key_id is not the announced key's")
             # a normal rotation is signed by the key it retires; a recorded loss by the new key itself
             signer[i] = announced if entry.get("lost_previous_key") else current
             current = announced
         else:
             signer[i] = current
+    return signer, None
 
-    def sig_problem(number: int, entry: dict[str, Any]) -> Problem | None:
-        key = signer[number - 1]
-        expected_key = key_id(key)
-        if entry["key_id"] != expected_key:
-            return Problem(
-                number,
-                f"entry {entry['index']} is signed by key {entry['key_id']}, "
-                f"not the site's key {expected_key}",
-            )
-        if not signature_ok(entry, key):
-            return Problem(
-                number,
-                f"entry {entry['index']}: signature does not verify with the site's key: "
-                "the entry was edited or forged",
-            )
-        return None
 
+def _signature_problem(signer: list[Ed25519PublicKey], number: int, entry: dict[str, Any]) -> Problem | None:
+    """The problem with the signature of `entry` (line `number`), or None when `signer` signed it."""
+    key = signer[number - 1]
+    expected_key = key_id(key)
+    if entry["key_id"] != expected_key:
+        return Problem(
+            number,
+            f"entry {entry['index']} is signed by key {entry['key_id']}, not the site's key {expected_key}",
+        )
+    if not signature_ok(entry, key):
+        return Problem(
+            number,
+            f"entry {entry['index']}: signature does not verify with the site's key: "
+            "the entry was edited or forged",
+        )
+    return None
+
+
+def _chain_problem(
+    lines: list[bytes],
+    entries: list[dict[str, Any]],
+    signer: list[Ed25519PublicKey],
+    every_signature: bool,
+) -> Problem | None:
+    """The first broken index or prev_hash link (and, with `every_signature`, bad signature), or None."""
     previous = GENESIS
     for number, (line, entry) in enumerate(zip(lines, entries, strict=True), start=1):
         if entry["index"] != number - 1:
@@ -213,26 +245,23 @@ def verify(
                 if later
                 else ("deleted" if entry["index"] > number - 1 else "inserted or duplicated")
             )
-            return entries, Problem(
+            return Problem(
                 number, f"entry {entry['index']} found where entry {number - 1} belongs: an entry was {what}"
             )
         if entry["prev_hash"] != previous:
             # name the entry that changed: the one before, unless its own signature still holds
-            before = sig_problem(number - 1, entries[number - 2]) if number > 1 else None
+            before = _signature_problem(signer, number - 1, entries[number - 2]) if number > 1 else None
             if before:
-                return entries, before
-            return entries, Problem(
+                return before
+            return Problem(
                 number,
                 f"entry {entry['index']}: prev_hash does not match the entry before it: "
                 "an entry was edited, deleted or reordered",
             )
-        if every_signature and (bad := sig_problem(number, entry)):
-            return entries, bad
+        if every_signature and (bad := _signature_problem(signer, number, entry)):
+            return bad
         previous = line_hash(line)
-    if entries and not every_signature and (bad := sig_problem(len(entries), entries[-1])):
-        # something is wrong: check every entry so the message names the first bad one
-        return entries, verify(lines, public, every_signature=True)[1] or bad
-    return entries, None
+    return None
 
 
 def public_key_from_text(pem: str) -> Ed25519PublicKey:

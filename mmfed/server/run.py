@@ -23,16 +23,15 @@ from mmfed.federation import secagg
 from mmfed.federation.config import FederationConfig
 from mmfed.federation.encoder_groups import parameter_groups
 from mmfed.federation.params import get_weights, set_weights
+from mmfed.federation.run_task import run_task
 from mmfed.models import build_model
+from mmfed.runs import new_run_dir
 from mmfed.server.plots import write_plots
+from mmfed.server.prepare import natural_sites
 from mmfed.server.rundir import RunDir
-from mmfed.server.strategy import MMFedAvg
-from mmfed.site.runtime import federation_scenario
+from mmfed.server.strategy import RunRecorder, build_strategy
+from mmfed.task import Task
 from mmfed.train.loop import evaluate, seed_everything, select_device
-
-
-def default_run_dir(cfg: FederationConfig) -> Path:
-    return Path.cwd() / "runs" / f"fed-{cfg.scenario}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def wait_for_sites(grid: Grid, minimum: int, timeout_s: float) -> int:
@@ -49,13 +48,25 @@ def wait_for_sites(grid: Grid, minimum: int, timeout_s: float) -> int:
         time.sleep(0.5)
 
 
-def _server_evaluator(
-    cfg: FederationConfig, scenario, model_cfg
-) -> Callable[[list], dict[str, float]] | None:
+def _check_same_task(run_dir: RunDir, task: Task) -> None:
+    """A resumed run must train the task it started with (a task file is read anew on every start)."""
+    import json
+
+    saved = run_dir.path / "config.json"
+    before = json.loads(saved.read_text()).get("task_hash") if saved.exists() else None
+    if before is not None and before != task.approval():
+        raise MMFedError(
+            f"{run_dir.path}: cannot resume: the task changed since the run started ({before} -> "
+            f"{task.approval()}); restore the task file or start a new --run-dir"
+        )
+
+
+def _server_evaluator(cfg: FederationConfig, task: Task) -> Callable[[list], dict[str, float]] | None:
     if not cfg.server_test_dir:
         return None
-    samples = load_manifest(cfg.server_test_dir, labels=scenario.labels).split("test")
-    data = MultimodalDataset(samples, Processors(scenario.spec, model_cfg.modalities))
+    model_cfg = task.model_config()
+    samples = load_manifest(cfg.server_test_dir, labels=list(task.labels), columns=task.columns).split("test")
+    data = MultimodalDataset(samples, Processors(task.data, task.modalities))
     if not len(data):
         raise MMFedError(
             f"{cfg.server_test_dir}: server-test-dir has no test samples for this run's modalities"
@@ -64,7 +75,7 @@ def _server_evaluator(
     device = select_device(cfg.device)
     from torch.utils.data import DataLoader
 
-    loader = DataLoader(data, batch_size=256, collate_fn=Collate(scenario.spec, model_cfg.modalities))
+    loader = DataLoader(data, batch_size=256, collate_fn=Collate(task.data, task.modalities))
 
     def evaluate_weights(weights: list) -> dict[str, float]:
         set_weights(model, weights)
@@ -80,39 +91,46 @@ def run_server(
     cfg: FederationConfig,
     on_round: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    # the description only: a deployed server has none of the sites' data (and needs none)
-    scenario = federation_scenario(cfg, build=False)
-    model_cfg = cfg.model_config(scenario)
+    if cfg.data_dir or cfg.site_dirs:  # the server sees the sites' data (a simulation): they decide how many
+        cfg = natural_sites(cfg, flwr=True)
+    # the task only: a deployed server has none of the sites' data (and needs none)
+    task = run_task(cfg)
+    model_cfg = task.model_config()
     seed_everything(cfg.seed)
     model = build_model(model_cfg)
     if cfg.initial_model:
         # e.g. `mmfed train` on public data: the usual way to make DP fine-tuning work on small sites
         load_checkpoint(model, Path(cfg.initial_model))
-    run_dir = RunDir(cfg.run_dir or default_run_dir(cfg), cfg, list(model.state_dict()))
+    run_dir = RunDir(cfg.run_dir or new_run_dir("fed", cfg.scenario), cfg, list(model.state_dict()))
     done = run_dir.last_round() if cfg.resume else 0
+    _check_same_task(run_dir, task)
     initial = run_dir.load_round(done) if done else get_weights(model)
     if done:
         run_dir.drop_metrics_after(done)
     run_dir.write_config(
         cfg,
         {
-            "labels": scenario.labels,
+            "labels": list(task.labels),
             "model": to_jsonable(model_cfg),
-            "data": to_jsonable(scenario.spec),
+            "data": to_jsonable(task.data),
+            "task": task.to_dict(),
+            "task_hash": task.approval(),
             "resume_info": {"from_round": done},
         },
     )
-    strategy = MMFedAvg(
+    strategy = build_strategy(
         cfg,
         initial,
         run_dir,
         round_offset=done,
         on_round=on_round,
-        server_eval=_server_evaluator(cfg, scenario, model_cfg),
+        server_eval=_server_evaluator(cfg, task),
         config_hash=config_hash(model_cfg),
         run_id=run_dir.run_id,
         groups=parameter_groups(list(model.state_dict()), model_cfg.modalities),
         modalities=model_cfg.modalities,
+        # every message carries the task: a site reads its manifest through it and checks its approval
+        message_config={"task": task.to_json()},
     )
     if cfg.rounds > done:
         wait_for_sites(grid, cfg.min_sites, cfg.site_wait_s)
@@ -122,13 +140,13 @@ def run_server(
         fit_workflow = secagg.workflow(cfg) if cfg.secure_aggregation else None
         DefaultWorkflow(fit_workflow=fit_workflow)(grid, context)
     summary = summarize(run_dir, cfg, strategy)
-    write_plots(run_dir.metrics(), run_dir.path, title=f"{cfg.scenario}, {cfg.sites} sites")
+    write_plots(run_dir.metrics(), run_dir.path, title=f"{task.name}, {cfg.sites} sites")
     if strategy.stopped:
         raise MMFedError(strategy.stopped)
     return summary
 
 
-def summarize(run_dir: RunDir, cfg: FederationConfig, strategy: MMFedAvg) -> dict[str, Any]:
+def summarize(run_dir: RunDir, cfg: FederationConfig, strategy: RunRecorder) -> dict[str, Any]:
     rows = run_dir.metrics()
     glob = [r for r in rows if r.get("kind") == "global"]
     last = glob[-1] if glob else {}

@@ -26,6 +26,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from mmfed.errors import MMFedError
 from mmfed.federation.config import FederationConfig
 from mmfed.federation.encoder_groups import encode_update
+from mmfed.federation.outcome import SiteOutcome
 from mmfed.federation.secagg import check_range
 from mmfed.privacy.budget import REFUSALS, Refusal
 
@@ -83,15 +84,16 @@ class SiteClient(NumPyClient):
             return Path(str(self.node_config.get("state-dir") or self.node_config["site-dir"])).resolve()
         return None
 
-    def _report(self, runtime, name: str, exc: BaseException, **where: Any) -> tuple[str, str]:
-        """(code, sentence for the server); the whole story goes to the site's log, none of it on screen
-        beyond our own messages (which name files and rows, never record content)."""
+    def _report(self, runtime, name: str, exc: BaseException, **where: Any) -> SiteOutcome:
+        """What the server is told (a code and its generic sentence); the whole story goes to the site's
+        log, none of it on screen beyond our own messages (which name files and rows, never record
+        content)."""
         from mmfed.site import sitelog
 
         refused = isinstance(exc, Refusal)
         code = exc.code if refused else failure_code(exc)
         sentence = REFUSALS[code] if refused else FAILURES[code]
-        public = f"site {name}: {'refused' if refused else 'failed'} ({code}): {sentence}"
+        outcome = SiteOutcome.report(name, "refused" if refused else "failed", code, sentence)
         home = self._home(runtime)
         detail = "".join(traceback.format_exception(exc)) if code == "internal" else str(exc)
         if home is not None:
@@ -104,13 +106,13 @@ class SiteClient(NumPyClient):
         where_log = f" [{home / sitelog.LOG}]" if home is not None else ""
         (log.warning if refused else log.error)("site %s: %s (%s): %s%s", name,
             "refused" if refused else "failed", code, own, where_log)  # fmt: skip
-        return code, public
+        return outcome
 
     def fit(self, parameters, config):
         server_round = int(config.get("server-round", 0))
         run_id = str(config.get("run-id", ""))
         name = site_label(self.node_config)
-        from mmfed.site.runtime import load_site  # torch: only in the messages that train
+        from mmfed.site.loading import load_site, message_task  # torch: only in the messages that train
 
         secure = _MASKED.get()
         runtime = None
@@ -121,7 +123,7 @@ class SiteClient(NumPyClient):
                     "secure-aggregation",
                     f"site {name}: the run config says secure aggregation but this message is not SecAgg+",
                 )
-            runtime = load_site(self.cfg, self.node_config)
+            runtime = load_site(self.cfg, self.node_config, message_task(config))
             name = runtime.name
             runtime.check_secure_aggregation(self.cfg, secure)
             # SecAgg+: the site's evaluation of the model it receives travels in the masked sum
@@ -137,27 +139,23 @@ class SiteClient(NumPyClient):
                 check_range(update, examples, self.cfg)
             return update, examples, metrics
         except Exception as exc:  # noqa: BLE001 - any failure is reported as this site's, with a code
-            code, public = self._report(runtime, name, exc, run_id=run_id, round=server_round)
-            if secure:  # SecAgg+ has no "empty update": the site drops out, the code goes with it
-                raise (Refusal(code, public) if isinstance(exc, Refusal) else SiteFailure(public)) from None
-            key = "refused" if isinstance(exc, Refusal) else "error"
-            return [], 0, {"site": name, key: public, "code": code}
+            outcome = self._report(runtime, name, exc, run_id=run_id, round=server_round)
+            if secure:  # SecAgg+ has no "empty update": the site drops out, its outcome in the error text
+                raise SiteDropout(outcome.to_text()) from None
+            return [], 0, outcome.to_metrics()
 
     def evaluate(self, parameters, config):
-        from mmfed.site.runtime import load_site
+        from mmfed.site.loading import load_site, message_task
 
         name = site_label(self.node_config)
         runtime = None
         try:
-            runtime = load_site(self.cfg, self.node_config)
+            runtime = load_site(self.cfg, self.node_config, message_task(config))
             name = runtime.name
             return runtime.evaluate(parameters, self.cfg, config)
         except Exception as exc:  # noqa: BLE001 - reported as this site's, with a code
-            code, public = self._report(
-                runtime, name, exc, run_id=str(config.get("run-id", "")), stage="evaluate"
-            )
-            key = "refused" if isinstance(exc, Refusal) else "error"
-            return 0.0, 0, {"site": name, key: public, "code": code}
+            outcome = self._report(runtime, name, exc, run_id=str(config.get("run-id", "")), stage="evaluate")
+            return 0.0, 0, outcome.to_metrics()
 
 
 def own_anchor(config: dict[str, Any], site: str) -> str:
@@ -171,8 +169,9 @@ def own_anchor(config: dict[str, Any], site: str) -> str:
     return str(heads.get(site, "")) if isinstance(heads, dict) else "malformed"
 
 
-class SiteFailure(MMFedError):
-    """A site's training failed; the message is the code and sentence the server may see."""
+class SiteDropout(MMFedError):
+    """A site refused or failed a SecAgg+ round: the message is the public sentence and the encoded
+    SiteOutcome (mmfed.federation.outcome), all the server may see."""
 
 
 def maybe_secaggplus_mod(msg: Message, context: Context, call_next):

@@ -1,18 +1,15 @@
-"""A site's data and model as its ClientApp sees them, found from the node config.
+"""A site at work: local training (plain, or DP under its budget), evaluation, and what each releases.
 
-Simulation: `partition-id`/`num-partitions` plus the run's scenario and partition. Deployment:
-`site-dir` (the site's own directory). Loaded once per process and reused across rounds (a Ray actor or
-SuperNode process serves many messages).
+Built by mmfed.site.loading for one site and one task; it owns its model (nothing is shared between the
+sites a process serves).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import time
 import zlib
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,13 +18,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from mmfed.config import ModelConfig, config_hash
-from mmfed.data.cache import default_cache_dir
-from mmfed.data.dataset import Collate, MultimodalDataset, Processors
-from mmfed.data.manifest import Sample, load_manifest
-from mmfed.data.partition import missing_modality_plan, partition, without_modality
-from mmfed.data.scenarios import Scenario, prepare_scenario
-from mmfed.errors import ConfigError, DataError
+from mmfed.config import config_hash
+from mmfed.data.dataset import Collate, MultimodalDataset
+from mmfed.data.manifest import Sample
+from mmfed.errors import DataError
 from mmfed.federation.config import FederationConfig
 from mmfed.federation.encoder_groups import parameter_groups
 from mmfed.federation.params import delta, get_weights, set_weights
@@ -38,72 +32,15 @@ from mmfed.privacy.geometry import rounded_size
 from mmfed.privacy.policy import POLICY_FILE, SitePolicy, load_policy
 from mmfed.privacy.randomness import fresh_randomness
 from mmfed.site import sitelog
+from mmfed.task import Task
 from mmfed.train.dp import make_optimizer, train_private
-from mmfed.train.loop import Metrics, evaluate, seed_everything, select_device, train_epoch
-
-
-def federation_scenario(cfg: FederationConfig, build: bool = True) -> Scenario:
-    """The scenario every party of a simulated run derives its data and model shape from (build=False:
-    only its description, which is all the server needs)."""
-    cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
-    scenario = prepare_scenario(
-        cfg.scenario,
-        data_dir=cfg.data_dir or None,
-        cache_dir=cache,
-        seed=cfg.seed,
-        num_sites=cfg.sites if cfg.scenario != "fsdd-mnist" else 6,
-        samples_per_site=cfg.samples_per_site,
-        modalities=cfg.modalities or ("image", "audio", "text"),  # synthetic: write only what is used
-        build=build,
-    )
-    return with_text_settings(scenario, cfg)
-
-
-def with_text_settings(
-    scenario: Scenario, cfg: FederationConfig, policy: SitePolicy | None = None
-) -> Scenario:
-    """The run's de-identification and label-leak settings applied to the scenario's text spec; a site's
-    policy can require either (the server's setting can only add protection, never take it away)."""
-    text = dataclasses.replace(
-        scenario.spec.text,
-        deidentify=cfg.deidentify or bool(policy and policy.deidentify),
-        mask_diagnosis=cfg.mask_diagnosis or bool(policy and policy.mask_diagnosis),
-    )
-    scenario.spec = dataclasses.replace(scenario.spec, text=text)
-    return scenario
-
-
-def site_samples(
-    cfg: FederationConfig, scenario: Scenario, partition_id: int, num_partitions: int
-) -> tuple[str, list[Sample]]:
-    """(site name, samples) of partition `partition_id`."""
-    if not 0 <= partition_id < num_partitions:
-        raise ConfigError("partition-id", f"{partition_id} is outside 0..{num_partitions - 1}")
-    if cfg.partition == "natural":
-        if len(scenario.sites) != num_partitions:
-            raise ConfigError(
-                "num-partitions",
-                f"scenario {scenario.name} has {len(scenario.sites)} natural sites but the federation has "
-                f"{num_partitions} nodes; run {len(scenario.sites)} sites or use --partition iid|dirichlet:A",
-            )
-        site = scenario.site(partition_id)
-        name, samples = site.name, load_manifest(site, labels=scenario.labels).samples
-    else:
-        pooled = [s for m in scenario.load_sites() for s in m.samples]
-        parts = partition(pooled, cfg.partition, num_partitions, seed=cfg.seed)
-        name, samples = f"part{partition_id:04d}", parts[partition_id]
-    if cfg.missing_modality_rate:
-        mods = scenario.run_modalities(cfg.modalities)
-        plan = missing_modality_plan(num_partitions, cfg.missing_modality_rate, mods, seed=cfg.seed)
-        if partition_id in plan:
-            samples = without_modality(samples, plan[partition_id], mods)
-    return name, samples
+from mmfed.train.loop import Metrics, evaluate, seed_everything, train_epoch
 
 
 @dataclass
 class SiteRuntime:
     name: str
-    model_cfg: ModelConfig
+    task: Task  # what the run trains: labels, modalities, tensor settings, model
     train: MultimodalDataset
     test: MultimodalDataset
     collate: Collate
@@ -112,19 +49,19 @@ class SiteRuntime:
     home: Path  # the site's privacy home: site.toml, keys/, state/ (see mmfed.privacy.budget)
     deployed: bool  # a deployed site must have its own policy and key; a simulated one gets defaults
     planned_modalities: tuple[str, ...] = ()  # simulation: the run's modalities less the plan's (public)
-    labels: tuple[str, ...] = ()  # the run's classes, in order
     model: torch.nn.Module = field(init=False)
     _budget: SiteBudget | None = field(init=False, default=None)
     _held: tuple[str, ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:
-        # one model object per process and config: every fit/evaluate overwrites all of its weights
-        key = (config_hash(self.model_cfg), str(self.device))
-        if key not in _MODELS:
-            model = build_model(self.model_cfg).to(self.device)
-            # what the model trains as built (a pretrained MiniLM keeps most of itself frozen)
-            _MODELS[key] = (model, {n for n, p in model.named_parameters() if p.requires_grad})
-        self.model, self._trainable = _MODELS[key]
+        self.model_cfg = self.task.model_config()
+        self.model = build_model(self.model_cfg).to(self.device)
+        # what the model trains as built (a pretrained MiniLM keeps most of itself frozen)
+        self._trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.task.labels
 
     def group_examples(self) -> list[int]:
         """Training examples behind each parameter group: all of them for the shared part, and for each
@@ -137,8 +74,8 @@ class SiteRuntime:
         return parameter_groups(list(self.model.state_dict()), self.model_cfg.modalities)
 
     def _set_trainable(self, cfg: FederationConfig, held: tuple[str, ...] | None = None) -> None:
-        """The model object is shared between sites, so this is set on every fit: an encoder is frozen when
-        the run freezes encoders or when this site has no data for its modality (under DP it would
+        """Set on every fit (the run and the site's declaration may change between rounds): an encoder is
+        frozen when the run freezes encoders or when this site has no data for its modality (under DP it would
         otherwise receive pure noise, and AdamW's weight decay would move it). Under DP "has data" is the
         site's declaration `held` (whether a count is zero depends on the records)."""
         if held is None:
@@ -272,11 +209,11 @@ class SiteRuntime:
         with budget.exclusive():
             budget.check_anchor(anchor)
             approved = self._current_policy(budget).approved_models
-            if approved and (this := model_approval(self.model_cfg, self.labels)) not in approved:
+            if approved and (this := self.task.approval()) not in approved:
                 raise Refusal(
                     "model",
-                    f"site {self.name}: the run's model {this} is not in approved_models {list(approved)}; "
-                    "review it with `mmfed site approve --config RUN.toml`",
+                    f"site {self.name}: the run's task {self.task.name} ({this}) is not in approved_models "
+                    f"{list(approved)}; review it with `mmfed site approve --task TASK.toml`",
                 )
             self._held = self.held_modalities(budget)
             self._set_trainable(cfg, self._held)
@@ -307,6 +244,7 @@ class SiteRuntime:
                 round=server_round,
                 extra={
                     "model_hash": config_hash(self.model_cfg),
+                    "task_hash": self.task.approval(),
                     "run_config_hash": cfg.identity_hash(),
                     "randomness": randomness.name,
                     "versions": library_versions(),
@@ -394,12 +332,6 @@ class SiteRuntime:
 DP_METRICS = ("epsilon_prv", "epsilon_rdp", "delta", "noise_multiplier", "sample_rate", "steps")
 
 
-def model_approval(model_cfg: ModelConfig, labels: tuple[str, ...] | list[str]) -> str:
-    """What a site approves (`approved_models`): the hash of the model's description and the task's
-    labels — the architecture it will train and what its outputs mean."""
-    return config_hash({"model": model_cfg, "labels": list(labels)})
-
-
 def ledger_head(entry: dict[str, Any]) -> dict[str, Any]:
     """The ledger entry a release was recorded in, as the server anchors it: index, line hash, signature.
     Every field of the entry is public or keyed (its data fingerprint is an HMAC under a site secret)."""
@@ -418,104 +350,3 @@ def library_versions() -> dict[str, str]:
     return {name: version(name) for name in ("mmfed", "opacus", "torch", "flwr")}
 
 
-_MODELS: dict[tuple, tuple[torch.nn.Module, set[str]]] = {}
-# a simulation process serves many sites in turn: keep the few most recent, not all of them
-_RUNTIMES: OrderedDict[tuple, SiteRuntime] = OrderedDict()
-MAX_CACHED_SITES = 8
-
-
-def planned_modalities(
-    cfg: FederationConfig, modalities: tuple[str, ...], partition_id: int, num_partitions: int
-) -> tuple[str, ...]:
-    """What a simulated site holds by the run's seeded missing-modality plan (public, like the config)."""
-    if not cfg.missing_modality_rate:
-        return tuple(modalities)
-    plan = missing_modality_plan(num_partitions, cfg.missing_modality_rate, modalities, seed=cfg.seed)
-    return tuple(m for m in modalities if m != plan.get(partition_id))
-
-
-def site_home(cfg: FederationConfig, node_config: dict[str, Any], name: str) -> Path:
-    """Deployment: node config `state-dir`, else the site directory. Simulation: STATE_DIR/<site>, where
-    STATE_DIR is `state-dir`, else the run directory's sites/, else (`flwr run` without either, whose
-    workers run in Flower's app folder) ~/.mmfed/sites."""
-    if node_config.get("site-dir"):
-        return Path(str(node_config.get("state-dir") or node_config["site-dir"])).resolve()
-    if cfg.state_dir:
-        root = Path(cfg.state_dir)
-    elif cfg.run_dir:
-        root = Path(cfg.run_dir) / "sites"
-    else:
-        root = Path.home() / ".mmfed" / "sites"
-    return root.resolve() / name
-
-
-def deployed_samples(site_dir: Path, scenario: Scenario) -> list[Sample]:
-    """A deployed site's samples, labelled in the run's class order; a site whose labels.txt names other
-    classes is refused with both lists (its model outputs would mean something else)."""
-    from mmfed.data.manifest import LABELS_NAME, read_labels
-
-    if (site_dir / LABELS_NAME).exists() and read_labels(site_dir) != scenario.labels:
-        raise ConfigError(
-            "site-dir",
-            f"{site_dir / LABELS_NAME} lists {read_labels(site_dir)} but the run ({scenario.name}) trains "
-            f"{scenario.labels}; join a run for your classes or fix labels.txt",
-        )
-    return load_manifest(site_dir, labels=scenario.labels).samples
-
-
-def load_site(cfg: FederationConfig, node_config: dict[str, Any]) -> SiteRuntime:
-    """The SiteRuntime for this node, built once per process."""
-    site_dir = node_config.get("site-dir")
-    if site_dir:
-        key: tuple = (cfg.identity_hash(), "dir", str(site_dir))
-    else:
-        if "partition-id" not in node_config:
-            raise ConfigError("node-config", "set site-dir=PATH (deployment) or partition-id (simulation)")
-        key = (cfg.identity_hash(), int(node_config["partition-id"]), int(node_config["num-partitions"]))
-    if key in _RUNTIMES:
-        _RUNTIMES.move_to_end(key)
-        runtime = _RUNTIMES[key]
-        home = site_home(cfg, node_config, runtime.name)  # the run dir is not in the key: follow it
-        if home != runtime.home:
-            runtime.home, runtime._budget = home, None
-        return runtime
-    if site_dir:
-        # the run's labels, modalities and tensor settings, exactly as the server built the model from
-        # them; the site's own manifest supplies the samples (a modality it lacks is simply absent)
-        scenario = federation_scenario(cfg, build=False)
-        name = Path(site_dir).name
-        samples = deployed_samples(Path(site_dir), scenario)
-        # features of the site's records stay in its own home (or where its node config says), never in
-        # a folder the server's run config names
-        cache = Path(str(node_config.get("cache-dir") or site_home(cfg, node_config, name) / "cache"))
-    else:
-        scenario = federation_scenario(cfg)
-        name, samples = site_samples(cfg, scenario, key[1], key[2])
-        cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
-    home = site_home(cfg, node_config, name)
-    policy = load_policy(home / POLICY_FILE) if (home / POLICY_FILE).exists() else None
-    scenario = with_text_settings(scenario, cfg, policy)
-    model_cfg = cfg.model_config(scenario)
-    processors = Processors(scenario.spec, model_cfg.modalities, cache_dir=cache / "features")
-    runtime = SiteRuntime(
-        name=name,
-        model_cfg=model_cfg,
-        train=MultimodalDataset(
-            [s for s in samples if s.split == "train"],
-            processors,
-            augment=cfg.augment,
-            modality_dropout=cfg.modality_dropout,
-        ),
-        test=MultimodalDataset([s for s in samples if s.split == "test"], processors),
-        collate=Collate(scenario.spec, model_cfg.modalities),
-        device=select_device(cfg.device),
-        all_train=[s for s in samples if s.split == "train"],
-        home=home,
-        deployed=bool(site_dir),
-        labels=tuple(scenario.labels),
-        planned_modalities=() if site_dir else planned_modalities(cfg, model_cfg.modalities, key[1], key[2]),
-    )
-    _RUNTIMES[key] = runtime
-    while len(_RUNTIMES) > MAX_CACHED_SITES:
-        _RUNTIMES.popitem(last=False)
-    return runtime

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 from torch.utils.data import DataLoader
@@ -21,6 +21,7 @@ from mmfed.checkpoint import save_checkpoint
 from mmfed.config import ModelConfig, TrainConfig, config_hash, to_jsonable
 from mmfed.data.cache import default_cache_dir
 from mmfed.data.dataset import Collate, MultimodalDataset, Processors
+from mmfed.data.manifest import SiteManifest
 from mmfed.data.scenarios import Scenario
 from mmfed.errors import MMFedError
 from mmfed.models import build_model, count_parameters
@@ -96,62 +97,27 @@ def train_centralized(
     seed_everything(train.seed)
 
     sites = scenario.load_sites(on_bad_row=on_bad_row, report_dir=run_dir)
-    processors = Processors(scenario.spec, mods, cache_dir=(cache_dir or default_cache_dir()) / "features")
-    pooled = {split: [s for site in sites for s in site.split(split)] for split in ("train", "val", "test")}
-    train_ds = MultimodalDataset(
-        pooled["train"], processors, augment=train.augment, modality_dropout=train.modality_dropout
-    )
-    test_ds = MultimodalDataset(pooled["test"], processors)
-    val_ds = MultimodalDataset(pooled["val"], processors)
-    if not len(train_ds) or not len(test_ds):
-        raise MMFedError(
-            f"scenario {scenario.name}: {len(train_ds)} train and {len(test_ds)} test samples carry any of "
-            f"{', '.join(mods)}; both splits need samples"
-        )
+    datasets = pooled_datasets(scenario, sites, mods, train, cache_dir)
     collate = Collate(scenario.spec, mods)
-    train_loader = make_loader(train_ds, collate, train.batch_size, True, train.seed)
-    test_loader = make_loader(test_ds, collate, 256, False, train.seed)
-    val_loader = make_loader(val_ds, collate, 256, False, train.seed) if len(val_ds) else None
+    train_loader = make_loader(datasets["train"], collate, train.batch_size, True, train.seed)
+    test_loader = make_loader(datasets["test"], collate, 256, False, train.seed)
+    val_loader = (
+        make_loader(datasets["val"], collate, 256, False, train.seed) if len(datasets["val"]) else None
+    )
 
     model = build_model(model_cfg).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train.epochs)
-    config = {
-        "kind": "centralized",
-        "scenario": scenario.name,
-        "sites": [str(s) for s in scenario.sites],
-        "labels": scenario.labels,
-        "data": to_jsonable(scenario.spec),
-        "model": to_jsonable(model_cfg),
-        "train": to_jsonable(train),
-        "on_bad_row": on_bad_row,
-        "device": str(device),
-        "examples": {"train": len(train_ds), "val": len(val_ds), "test": len(test_ds)},
-        "skipped_rows": sum(len(s.skipped) for s in sites),
-        "parameters": count_parameters(model),
-        "versions": versions(),
-    }
+    config = run_config(scenario, model_cfg, train, on_bad_row, device, sites, datasets, model)
     (run_dir / "config.json").write_text(json.dumps(config, indent=2))
 
     if progress.on_start:
         progress.on_start(train.epochs, len(train_loader))
     started = time.perf_counter()
-    test = Metrics()
     with (run_dir / "metrics.jsonl").open("w") as log:
-        for epoch in range(1, train.epochs + 1):
-            t0 = time.perf_counter()
-            fit = train_epoch(model, train_loader, optimizer, device, on_batch=progress.on_batch)
-            scheduler.step()
-            test = evaluate(model, test_loader, device)
-            row: dict[str, Any] = {"epoch": epoch, **fit.as_dict("train_"), **test.as_dict("test_")}
-            if val_loader is not None:
-                row.update(evaluate(model, val_loader, device).as_dict("val_"))
-            row["seconds"] = round(time.perf_counter() - t0, 3)
-            log.write(json.dumps(row) + "\n")
-            log.flush()
-            if progress.on_epoch:
-                progress.on_epoch(epoch, row)
+        loaders = (train_loader, test_loader, val_loader)
+        test = train_epochs(model, loaders, optimizer, scheduler, device, train.epochs, log, progress)
 
     summary = {
         "test_accuracy": test.accuracy,
@@ -173,3 +139,83 @@ def train_centralized(
         },
     )
     return summary
+
+
+def pooled_datasets(
+    scenario: Scenario,
+    sites: list[SiteManifest],
+    mods: tuple[str, ...],
+    train: TrainConfig,
+    cache_dir: Path | None,
+) -> dict[str, MultimodalDataset]:
+    """Every site's train, val and test splits pooled; refused when train or test holds no sample."""
+    processors = Processors(scenario.spec, mods, cache_dir=(cache_dir or default_cache_dir()) / "features")
+    pooled = {split: [s for site in sites for s in site.split(split)] for split in ("train", "val", "test")}
+    train_ds = MultimodalDataset(
+        pooled["train"], processors, augment=train.augment, modality_dropout=train.modality_dropout
+    )
+    test_ds = MultimodalDataset(pooled["test"], processors)
+    val_ds = MultimodalDataset(pooled["val"], processors)
+    if not len(train_ds) or not len(test_ds):
+        raise MMFedError(
+            f"scenario {scenario.name}: {len(train_ds)} train and {len(test_ds)} test samples carry any of "
+            f"{', '.join(mods)}; both splits need samples"
+        )
+    return {"train": train_ds, "val": val_ds, "test": test_ds}
+
+
+def run_config(
+    scenario: Scenario,
+    model_cfg: ModelConfig,
+    train: TrainConfig,
+    on_bad_row: str,
+    device: torch.device,
+    sites: list[SiteManifest],
+    datasets: dict[str, MultimodalDataset],
+    model: torch.nn.Module,
+) -> dict[str, Any]:
+    """What config.json records of the run."""
+    return {
+        "kind": "centralized",
+        "scenario": scenario.name,
+        "sites": [str(s) for s in scenario.sites],
+        "labels": scenario.labels,
+        "data": to_jsonable(scenario.spec),
+        "model": to_jsonable(model_cfg),
+        "train": to_jsonable(train),
+        "on_bad_row": on_bad_row,
+        "device": str(device),
+        "examples": {split: len(datasets[split]) for split in ("train", "val", "test")},
+        "skipped_rows": sum(len(s.skipped) for s in sites),
+        "parameters": count_parameters(model),
+        "versions": versions(),
+    }
+
+
+def train_epochs(
+    model: torch.nn.Module,
+    loaders: tuple[DataLoader, DataLoader, DataLoader | None],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    device: torch.device,
+    epochs: int,
+    log: TextIO,
+    progress: Progress,
+) -> Metrics:
+    """Train `epochs` epochs, evaluating after each one (a line of `log`); the last test metrics."""
+    train_loader, test_loader, val_loader = loaders
+    test = Metrics()
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        fit = train_epoch(model, train_loader, optimizer, device, on_batch=progress.on_batch)
+        scheduler.step()
+        test = evaluate(model, test_loader, device)
+        row: dict[str, Any] = {"epoch": epoch, **fit.as_dict("train_"), **test.as_dict("test_")}
+        if val_loader is not None:
+            row.update(evaluate(model, val_loader, device).as_dict("val_"))
+        row["seconds"] = round(time.perf_counter() - t0, 3)
+        log.write(json.dumps(row) + "\n")
+        log.flush()
+        if progress.on_epoch:
+            progress.on_epoch(epoch, row)
+    return test

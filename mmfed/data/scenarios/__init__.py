@@ -1,4 +1,5 @@
-"""Built-in scenarios: each turns a data source into site directories plus the DataSpec to read them with.
+"""Built-in scenarios: each turns a data source into site directories plus the task they hold (labels,
+modalities, tensor settings: `Scenario.task`, what `mmfed data prepare` writes as task.toml).
 
 - `digits-av`  (default, embedded) scikit-learn's handwritten digits + espeak-ng spoken digits, 6 voice sites
 - `fsdd-mnist` (needs --data-dir)  FSDD spoken digits + MNIST images, 6 speaker sites
@@ -9,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +19,7 @@ from mmfed.config import AudioSpec, DataSpec, ImageSpec, TextSpec, VideoSpec, pa
 from mmfed.data.cache import default_cache_dir
 from mmfed.data.manifest import SiteManifest, load_manifest
 from mmfed.errors import ConfigError
+from mmfed.task import Columns, ModelSettings, Task
 
 SCENARIOS = ("digits-av", "fsdd-mnist", "covid-cxr", "grid-av", "synthetic")
 # scenarios whose natural sites come from the data (a run's site count must match)
@@ -40,6 +43,25 @@ class Scenario:
     # lazy scenarios (synthetic) write a site only when it is first used: a 1,000-site run on one
     # machine should not make every process write every site
     make_site: Callable[[int], Path] | None = field(default=None, repr=False)
+    columns: Columns = field(default_factory=Columns)  # which manifest columns feed what
+
+    def task(
+        self, model: ModelSettings | None = None, modalities: str | tuple[str, ...] | None = None
+    ) -> Task:
+        """The task these sites hold, for the run's modalities (all the scenario has when none)."""
+        return Task(
+            name=self.name,
+            labels=tuple(self.labels),
+            modalities=self.run_modalities(modalities),
+            data=self.spec,
+            model=model or ModelSettings(),
+            columns=self.columns,
+        )
+
+    @classmethod
+    def of_task(cls, task: Task, sites: list[Path]) -> Scenario:
+        """The user's own site directories, read as a task file says."""
+        return cls(task.name, sites, list(task.labels), task.modalities, task.data, columns=task.columns)
 
     def run_modalities(self, requested: str | tuple[str, ...] | None) -> tuple[str, ...]:
         """The modalities a run asked for (all the scenario has when none), checked against the data."""
@@ -62,8 +84,23 @@ class Scenario:
         for index in range(len(self.sites)):
             site = self.site(index)
             report = None if report_dir is None else Path(report_dir) / f"skipped_rows_{site.name}.csv"
-            out.append(load_manifest(site, on_bad_row=on_bad_row, report_path=report, labels=self.labels))
+            out.append(
+                load_manifest(
+                    site, on_bad_row=on_bad_row, report_path=report, labels=self.labels, columns=self.columns
+                )
+            )
         return out
+
+
+def write_task_file(scenario: Scenario) -> Path:
+    """The scenario's task.toml, beside its site directories (rewritten: it is derived, like them)."""
+    from mmfed.files import write_atomic
+    from mmfed.task import TASK_FILE
+
+    path = Path(os.path.commonpath([str(s.parent) for s in scenario.sites])) / TASK_FILE
+    write_atomic(path, f"# the task of scenario {scenario.name}, written by mmfed data prepare\n\n"
+                 + scenario.task().to_toml())  # fmt: skip
+    return path
 
 
 def prepare_scenario(
@@ -83,7 +120,7 @@ def prepare_scenario(
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     labels = [str(d) for d in range(10)]
     if not build:
-        return _describe(name, modalities)
+        return describe_scenario(name, modalities)
     if name == "digits-av":
         from mmfed.data.scenarios.digits_av import generate_digits_av
 
@@ -105,13 +142,13 @@ def prepare_scenario(
     if name == "covid-cxr":
         from mmfed.data.scenarios.covid_cxr import generate_covid_cxr
 
-        scenario = _describe(name, modalities)
+        scenario = describe_scenario(name, modalities)
         scenario.sites = generate_covid_cxr(root, data_dir, seed=seed)
         return scenario
     if name == "grid-av":
         from mmfed.data.scenarios.grid_av import generate_grid_av
 
-        scenario = _describe(name, modalities)
+        scenario = describe_scenario(name, modalities)
         scenario.sites = generate_grid_av(
             root.with_name(f"{root.name}-n{num_sites}"), data_dir, seed, num_sites
         )
@@ -130,7 +167,7 @@ def prepare_scenario(
     raise ConfigError("scenario", f"{name!r} is not one of {', '.join(SCENARIOS)}")
 
 
-def _describe(name: str, modalities: str | tuple[str, ...]) -> Scenario:
+def describe_scenario(name: str, modalities: str | tuple[str, ...] = ("image", "audio", "text")) -> Scenario:
     """A scenario's labels, modalities and DataSpec, without building or reading any data."""
     digits = [str(d) for d in range(10)]
     if name in ("digits-av", "fsdd-mnist"):

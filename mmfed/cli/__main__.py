@@ -1,0 +1,3 @@
+from mmfed.cli import app
+
+app()

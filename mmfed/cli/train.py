@@ -1,0 +1,128 @@
+"""`mmfed train`: the centralised baseline a federation is compared with."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mmfed.cli.common import CacheOpt, DataDirOpt, OnBadRow, ScenarioOpt, console, prepared_scenario
+from mmfed.config import FUSIONS
+from mmfed.errors import MMFedError
+from mmfed.protected import refuse_cache_dir, refuse_protected
+from mmfed.screens import fail
+
+Fusion = StrEnum("Fusion", {name: name for name in FUSIONS})
+
+
+def train(
+    scenario: ScenarioOpt = "digits-av",
+    data_dir: DataDirOpt = None,
+    site_dir: Annotated[
+        list[Path] | None, typer.Option(help="train on your own site directory (repeatable)")
+    ] = None,
+    modalities: Annotated[
+        str | None, typer.Option(help="comma list, e.g. image,audio [all the data has]")
+    ] = None,
+    fusion: Fusion = Fusion.attention,
+    image_encoder: Annotated[str, typer.Option(help="cnn or resnet18")] = "cnn",
+    text_encoder: Annotated[
+        str, typer.Option(help="bert-small or minilm (pretrained, offline)")
+    ] = "bert-small",
+    epochs: int = 10,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    seed: int = 0,
+    augment: Annotated[bool, typer.Option(help="audio/image augmentation while training")] = True,
+    modality_dropout: Annotated[
+        float, typer.Option(help="chance of hiding one modality of a training sample")
+    ] = 0.3,
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:N")] = "auto",
+    on_bad_row: Annotated[
+        OnBadRow, typer.Option(help="fail, or skip bad manifest rows (report in run dir)")
+    ] = OnBadRow.fail,
+    run_dir: Annotated[Path | None, typer.Option(help="new directory for results [runs/train-...]")] = None,
+    cache_dir: CacheOpt = None,
+) -> None:
+    """Centralised baseline: pool all sites' data, train, evaluate on the test split."""
+    from mmfed.config import TrainConfig
+    from mmfed.data.site_files import check_site_files
+    from mmfed.runs import new_run_dir
+    from mmfed.train.centralized import train_centralized
+
+    run_dir = run_dir or new_run_dir("train", scenario if not site_dir else "sites")
+    refuse_protected("--run-dir", run_dir, folder=True, instead="choose another --run-dir")
+    refuse_cache_dir(cache_dir)
+    try:
+        for site in site_dir or []:
+            check_site_files(site)
+        scen = prepared_scenario(scenario, data_dir, cache_dir, site_dir, seed)
+        cfg = TrainConfig(
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            augment=augment,
+            modality_dropout=modality_dropout,
+            device=device,
+        )
+        bar, hooks = _progress()
+        with bar:
+            summary = train_centralized(
+                scen,
+                run_dir,
+                modalities=modalities,
+                model_options={
+                    "fusion": fusion.value,
+                    "image_encoder": image_encoder,
+                    "text_encoder": text_encoder,
+                },
+                train=cfg,
+                on_bad_row=on_bad_row.value,
+                cache_dir=cache_dir,
+                progress=hooks,
+            )
+    except (MMFedError, FloatingPointError) as exc:  # FloatingPointError: the loss diverged (fixed text)
+        fail(exc)
+    console.print(
+        f"[bold green]test accuracy {summary['test_accuracy']:.2%}[/] on {summary['test_examples']} "
+        f"examples after {summary['epochs']} epochs ({summary['seconds']:.0f}s)"
+    )
+    console.print(
+        f"results: {run_dir}/  (config.json, metrics.jsonl, summary.json, model.safetensors)", markup=False
+    )
+
+
+def _progress():
+    """A progress bar over every batch of every epoch, and one printed line per epoch."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from mmfed.train.centralized import Progress as Hooks
+
+    bar = Progress(
+        TextColumn("epoch {task.fields[epoch]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    state: dict = {}
+
+    def on_start(n_epochs: int, batches: int) -> None:
+        state["task"] = bar.add_task("train", total=n_epochs * batches, epoch=f"1/{n_epochs}", info="")
+        state["epochs"] = n_epochs
+
+    def on_epoch(epoch: int, row: dict) -> None:
+        info = f"loss {row['train_loss']:.3f}  test acc {row['test_accuracy']:.2%}"
+        bar.update(state["task"], epoch=f"{min(epoch + 1, state['epochs'])}/{state['epochs']}", info=info)
+        console.print(
+            f"epoch {epoch:>3}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:7.2%}  "
+            f"test loss {row['test_loss']:.4f} acc {row['test_accuracy']:7.2%}  {row['seconds']:5.1f}s",
+            highlight=False,
+        )
+
+    hooks = Hooks(on_start=on_start, on_batch=lambda: bar.advance(state["task"]), on_epoch=on_epoch)
+    return bar, hooks
