@@ -6,22 +6,29 @@ import json
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file, save_file
+import numpy as np
+from safetensors.numpy import save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from mmfed.errors import MMFedError
 from mmfed.files import write_atomic
 
 
-def save_checkpoint(model: nn.Module, path: Path, metadata: dict[str, Any]) -> Path:
-    """Write `path` (.safetensors) and `path.with_suffix('.json')` atomically (tmp file + rename)."""
+def save_arrays(path: Path, arrays: dict[str, np.ndarray], metadata: dict[str, Any]) -> Path:
+    """Write `path` (.safetensors, the metadata embedded) and `path.with_suffix('.json')` atomically:
+    the one checkpoint writer (the centralised baseline's models and a federation's rounds)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
     meta = {"mmfed": json.dumps(metadata, sort_keys=True, default=str)}
     write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
     write_atomic(path.with_suffix(".json"), json.dumps(metadata, indent=2, sort_keys=True, default=str))
     return path
+
+
+def save_checkpoint(model: nn.Module, path: Path, metadata: dict[str, Any]) -> Path:
+    return save_arrays(path, {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}, metadata)
 
 
 def load_checkpoint(model: nn.Module, path: Path) -> dict[str, Any]:

@@ -1,11 +1,29 @@
-"""Where a new run's results go when no run directory is given: runs/<kind>-<what>-<YYYYmmdd-HHMMSS>
-under the working directory (`mmfed train`: train-<scenario>; a federation: fed-<scenario>)."""
+"""Run directories: where a new run's results go when none is given (runs/<kind>-<what>-<YYYYmmdd-HHMMSS>
+under the working directory; `mmfed train`: train-<scenario>, a federation: fed-<scenario>), and the one
+rule for claiming one: an earlier run's results are never overwritten."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+from mmfed.errors import MMFedError
+
 
 def new_run_dir(kind: str, what: str) -> Path:
     return Path.cwd() / "runs" / f"{kind}-{what}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def claim_run_dir(path: Path, resume: bool = False, resumable: bool = False) -> bool:
+    """Refuse a non-empty directory unless the run resumes it; returns whether it holds an earlier run.
+    `resumable`: the command could resume it (the message says how)."""
+    path = Path(path)
+    existing = path.exists() and any(path.iterdir())
+    if existing and not resume:
+        how = (
+            "pass --resume to continue that run, or choose a new --run-dir"
+            if resumable
+            else "choose a new --run-dir"
+        )
+        raise MMFedError(f"{path}: run directory is not empty; {how} (nothing was changed)")
+    return existing

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmfed.config import MODALITIES
+from mmfed.data.file_probe import check_file
 from mmfed.data.tabular import parse_cell
 from mmfed.errors import ManifestError
 from mmfed.task import Columns
@@ -28,8 +29,6 @@ REQUIRED_COLUMNS = ("id", "label", "split")
 SPLITS = ("train", "val", "test")
 FILE_MODALITIES = ("image", "audio", "video")
 ON_BAD_ROW = ("fail", "skip")
-
-_IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"BM", b"GIF8", b"II*\x00", b"MM\x00*")
 
 
 @dataclass(frozen=True)
@@ -76,57 +75,6 @@ class SiteManifest:
 
     def modality_counts(self) -> dict[str, int]:
         return {m: sum(getattr(s, m) is not None for s in self.samples) for m in MODALITIES}
-
-
-def _check_file(site_dir: Path, cell: str, modality: str) -> tuple[Path | None, str | None]:
-    """Resolve a path cell; return (path, None) or (None, problem)."""
-    rel = Path(cell)
-    if rel.is_absolute():
-        return None, f"path {cell!r} is absolute; give it relative to the site directory"
-    path = (site_dir / rel).resolve()
-    if not path.is_relative_to(site_dir.resolve()):
-        return None, f"path {cell!r} points outside the site directory; move the file inside it"
-    if not path.exists():
-        return None, f"file {cell!r} not found in {site_dir}"
-    if not path.is_file():
-        return None, f"{cell!r} is not a file"
-    try:
-        with path.open("rb") as fh:
-            head = fh.read(16)
-    except OSError as exc:
-        return None, f"file {cell!r} cannot be read ({exc.strerror or exc}); check its permissions"
-    if not head:
-        return None, f"file {cell!r} is empty"
-    problem = _probe(path, head, modality)
-    return (None, f"file {cell!r} {problem}") if problem else (path, None)
-
-
-def _probe(path: Path, head: bytes, modality: str) -> str | None:
-    """Cheap header check so a mislabelled or corrupt file is caught at validation, not mid-training."""
-    if modality == "image":
-        if not (head.startswith(_IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")):
-            return "is not an image (expected PNG, JPEG, BMP, GIF, TIFF or WebP)"
-        return None
-    if modality == "audio":
-        import soundfile
-
-        try:
-            info = soundfile.info(str(path))
-        except Exception:  # noqa: BLE001 - soundfile raises several types for undecodable input
-            return "is not a readable audio file (expected WAV, FLAC or OGG)"
-        return None if info.frames > 0 else "holds no audio samples"
-    if modality == "video":
-        import av
-
-        try:
-            with av.open(str(path)) as container:
-                if not container.streams.video:
-                    return "has no video stream"
-                if container.format.name == "image2" or container.format.name.endswith("_pipe"):
-                    return "is a still image, not a video; put it in the image column"
-        except Exception:  # noqa: BLE001 - PyAV raises several types for undecodable input
-            return "is not a readable video file"
-    return None
 
 
 def sort_labels(found: Iterable[str]) -> list[str]:
@@ -296,7 +244,7 @@ class _Reading:
                 if not check_files:
                     fields[modality] = self.site_dir / cell
                     continue
-                fields[modality], problem = _check_file(self.site_dir, cell, modality)
+                fields[modality], problem = check_file(self.site_dir, cell, modality)
                 if problem:
                     self.bad(index, line, modality, problem, cells.get("id", ""))
             if index in self.bad_rows:

@@ -31,7 +31,7 @@ from mmfed.server.prepare import natural_sites
 from mmfed.server.rundir import RunDir
 from mmfed.server.strategy import RunRecorder, build_strategy
 from mmfed.task import Task
-from mmfed.train.loop import evaluate, seed_everything, select_device
+from mmfed.train.loop import evaluate, make_loader, seed_everything, select_device
 
 
 def wait_for_sites(grid: Grid, minimum: int, timeout_s: float) -> int:
@@ -73,9 +73,8 @@ def _server_evaluator(cfg: FederationConfig, task: Task) -> Callable[[list], dic
         )
     model = build_model(model_cfg)
     device = select_device(cfg.device)
-    from torch.utils.data import DataLoader
 
-    loader = DataLoader(data, batch_size=256, collate_fn=Collate(task.data, task.modalities))
+    loader = make_loader(data, Collate(task.data, task.modalities), batch_size=256)
 
     def evaluate_weights(weights: list) -> dict[str, float]:
         set_weights(model, weights)

@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 
+from mmfed.checkpoint import save_arrays
 from mmfed.errors import MMFedError
 from mmfed.federation.config import RESUMABLE_SETTINGS, FederationConfig
 from mmfed.files import write_atomic
+from mmfed.runs import claim_run_dir
 
 LATEST = "latest.json"
 ANCHORS = "anchors.jsonl"
@@ -46,12 +48,7 @@ class RunDir:
         self.run_id = ""  # set by write_config
         self.keys = keys  # state_dict names, so checkpoints are readable without mmfed
         self.checkpoints = self.path / "checkpoints"
-        existing = self.path.exists() and any(self.path.iterdir())
-        if existing and not cfg.resume:
-            raise MMFedError(
-                f"{self.path}: run directory is not empty; pass --resume to continue that run, "
-                "or choose a new --run-dir (nothing was changed)"
-            )
+        existing = claim_run_dir(self.path, resume=cfg.resume, resumable=True)
         if existing:
             saved = (
                 json.loads((self.path / "config.json").read_text())
@@ -102,10 +99,7 @@ class RunDir:
 
     def save_round(self, server_round: int, weights: list[np.ndarray], metadata: dict[str, Any]) -> Path:
         path = self.checkpoints / f"round_{server_round:04d}.safetensors"
-        tensors = {k: np.ascontiguousarray(w) for k, w in zip(self.keys, weights, strict=True)}
-        meta = {"mmfed": json.dumps(metadata, default=str)}
-        write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
-        _write_json(path.with_suffix(".json"), metadata)
+        save_arrays(path, dict(zip(self.keys, weights, strict=True)), metadata)
         _write_json(
             self.checkpoints / LATEST, {"round": server_round, "file": path.name}
         )  # last: commits the round

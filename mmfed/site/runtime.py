@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from mmfed.config import config_hash
 from mmfed.data.dataset import Collate, MultimodalDataset
@@ -33,8 +32,8 @@ from mmfed.privacy.policy import POLICY_FILE, SitePolicy, load_policy
 from mmfed.privacy.randomness import fresh_randomness
 from mmfed.site import sitelog
 from mmfed.task import Task
-from mmfed.train.dp import make_optimizer, train_private
-from mmfed.train.loop import Metrics, evaluate, seed_everything, train_epoch
+from mmfed.train.dp import train_private
+from mmfed.train.loop import Metrics, evaluate, make_loader, make_optimizer, seed_everything, train_epoch
 
 
 @dataclass
@@ -86,14 +85,8 @@ class SiteRuntime:
         for name, param in self.model.named_parameters():
             param.requires_grad = name in self._trainable and not name.startswith(frozen)
 
-    def loader(self, dataset: MultimodalDataset, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            collate_fn=self.collate,
-            generator=torch.Generator().manual_seed(seed),
-        )
+    def loader(self, dataset: MultimodalDataset, batch_size: int, shuffle: bool, seed: int):
+        return make_loader(dataset, self.collate, batch_size, shuffle, seed)
 
     def budget(self, cfg: FederationConfig) -> SiteBudget | None:
         """The site's privacy budget; None only for a simulated site without a policy in a non-DP run."""
@@ -348,5 +341,3 @@ def library_versions() -> dict[str, str]:
     from importlib.metadata import version
 
     return {name: version(name) for name in ("mmfed", "opacus", "torch", "flwr")}
-
-

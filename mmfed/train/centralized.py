@@ -25,7 +25,16 @@ from mmfed.data.manifest import SiteManifest
 from mmfed.data.scenarios import Scenario
 from mmfed.errors import MMFedError
 from mmfed.models import build_model, count_parameters
-from mmfed.train.loop import Metrics, evaluate, seed_everything, select_device, train_epoch
+from mmfed.runs import claim_run_dir
+from mmfed.train.loop import (
+    Metrics,
+    evaluate,
+    make_loader,
+    make_optimizer,
+    seed_everything,
+    select_device,
+    train_epoch,
+)
 
 
 @dataclass
@@ -40,21 +49,9 @@ class Progress:
 def prepare_run_dir(run_dir: Path) -> Path:
     """A new or empty directory: an earlier run's results are never overwritten."""
     run_dir = Path(run_dir)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise MMFedError(
-            f"{run_dir}: run directory is not empty; choose a new --run-dir (nothing was changed)"
-        )
+    claim_run_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
-
-
-def make_loader(
-    dataset: MultimodalDataset, collate: Collate, batch_size: int, shuffle: bool, seed: int
-) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator
-    )
 
 
 def versions() -> dict[str, str]:
@@ -107,7 +104,7 @@ def train_centralized(
 
     model = build_model(model_cfg).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
+    optimizer = make_optimizer("adamw", params, train.lr, weight_decay=train.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train.epochs)
     config = run_config(scenario, model_cfg, train, on_bad_row, device, sites, datasets, model)
     (run_dir / "config.json").write_text(json.dumps(config, indent=2))
@@ -127,6 +124,14 @@ def train_centralized(
         "seconds": round(time.perf_counter() - started, 2),
         "run_dir": str(run_dir),
     }
+    write_results(run_dir, summary, model, model_cfg, scenario.labels)
+    return summary
+
+
+def write_results(
+    run_dir: Path, summary: dict[str, Any], model: torch.nn.Module, model_cfg: ModelConfig, labels: list[str]
+) -> None:
+    """summary.json, and the trained model (moved to the CPU) with its config and the summary."""
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     save_checkpoint(
         model.cpu(),
@@ -134,11 +139,10 @@ def train_centralized(
         {
             "config_hash": config_hash(model_cfg),
             "model": to_jsonable(model_cfg),
-            "labels": scenario.labels,
+            "labels": labels,
             **summary,
         },
     )
-    return summary
 
 
 def pooled_datasets(

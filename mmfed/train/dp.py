@@ -18,16 +18,10 @@ from torch.utils.data import DataLoader, Dataset
 from mmfed.privacy.accounting import History
 from mmfed.privacy.geometry import Geometry
 from mmfed.privacy.randomness import DPRandomness
-from mmfed.train.loop import Metrics, _Tally, batch_to, is_empty, train_step
+from mmfed.train.loop import Metrics, _Tally, batch_to, is_empty, make_optimizer, train_step
 
 # measured on the default model (BENCHMARKS.md, "DP step cost"): the fastest mode that is exact there
 DEFAULT_GRAD_SAMPLE_MODE = "ew"
-
-
-def make_optimizer(name: str, params: list, lr: float) -> torch.optim.Optimizer:
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9)
-    return torch.optim.AdamW(params, lr=lr)
 
 
 class SecretPoissonBatches:

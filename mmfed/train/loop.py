@@ -26,6 +26,23 @@ def select_device(preference: str = "auto") -> torch.device:
     return torch.device(preference)
 
 
+def make_loader(dataset, collate: Callable, batch_size: int, shuffle: bool = False, seed: int = 0):
+    """The one way a (non-DP) DataLoader is built: a shuffled one draws from its own seeded generator."""
+    from torch.utils.data import DataLoader
+
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator
+    )
+
+
+def make_optimizer(name: str, params: list, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """adamw, or sgd with momentum 0.9 (weight decay 0 keeps an absent modality's encoder unmoved)."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

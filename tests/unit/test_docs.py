@@ -12,7 +12,7 @@ import click
 import pytest
 import typer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PAGES = sorted([REPO / "README.md", *(REPO / "docs").rglob("*.md")])
 CLI_REFERENCE = REPO / "docs" / "reference" / "cli.md"
 

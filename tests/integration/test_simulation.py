@@ -102,7 +102,7 @@ def test_flwr_run_config_lists_every_setting_and_parses():
 
     from mmfed.federation.config import FederationConfig
 
-    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
     listed = tomllib.loads(pyproject.read_text())["tool"]["flwr"]["app"]["config"]
     settings = {f.name.replace("_", "-") for f in dataclasses.fields(FederationConfig)}
     assert set(listed) == settings

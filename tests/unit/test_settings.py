@@ -14,7 +14,7 @@ from mmfed.errors import ConfigError, MMFedError
 from mmfed.federation import settings
 from mmfed.federation.config import FederationConfig
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 REGENERATE = "regenerate it: .venv/bin/mmfed settings --markdown > docs/reference/settings.md"
 
 

@@ -20,7 +20,7 @@ from mmfed.data.scenarios.grid_av import LABELS, deal, generate_grid_av, read_tr
 from mmfed.data.video import VideoProcessor
 from mmfed.errors import ConfigError, DataError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 N_CLIPS = 11
 
 

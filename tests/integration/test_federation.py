@@ -14,7 +14,7 @@ from mmfed.federation.config import FederationConfig
 from mmfed.federation.params import check_update
 from mmfed.site.sitelog import LOG
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
