@@ -6,7 +6,6 @@ manifest through the task it receives (mmfed.site.loading), so a deployed site n
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 from mmfed.data.cache import default_cache_dir
@@ -50,16 +49,15 @@ def run_scenario(cfg: FederationConfig, task: Task) -> Scenario:
     once into the cache)."""
     if cfg.site_dirs:
         return Scenario.of_task(task, site_dir_list(cfg.site_dirs))
-    scenario = prepare_scenario(
+    return prepare_scenario(
         cfg.scenario,
         data_dir=cfg.data_dir or None,
         cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(),
         seed=cfg.seed,
-        num_sites=cfg.sites if cfg.scenario != "fsdd-mnist" else 6,
+        num_sites=cfg.sites,
         samples_per_site=cfg.samples_per_site,
         modalities=_written(cfg),
     )
-    return dataclasses.replace(scenario, spec=task.data)
 
 
 def site_dir_list(value: str) -> list[Path]:

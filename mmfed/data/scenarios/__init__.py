@@ -21,16 +21,77 @@ from mmfed.data.manifest import SiteManifest, load_manifest
 from mmfed.errors import ConfigError
 from mmfed.task import Columns, ModelSettings, Task
 
-SCENARIOS = ("digits-av", "fsdd-mnist", "covid-cxr", "grid-av", "synthetic")
+
+@dataclass(frozen=True)
+class Builtin:
+    """A built-in scenario: the task its sites hold and how they are written. Adding one is a module
+    with a `build_sites(request)` function and a row in BUILTINS."""
+
+    name: str
+    labels: tuple[str, ...]
+    modalities: tuple[str, ...] | None  # None: the run chooses (synthetic writes what it is asked for)
+    builder: str  # "module:function" under mmfed.data.scenarios, imported only when the sites are built
+    spec: DataSpec = field(default_factory=DataSpec)
+    needs: str = ""  # what --data-dir must hold ("": generated, no real data)
+    natural_sites: bool = False  # the data decides how many sites there are (a run's count must match)
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    cache: Path
+    data_dir: Path | None
+    seed: int
+    num_sites: int
+    samples_per_site: int
+    modalities: tuple[str, ...]
+
+    def root(self, name: str) -> Path:
+        """Where a scenario's build goes in the cache: one per data folder and seed."""
+        if self.data_dir is None:
+            return self.cache / "scenarios" / f"{name}-s{self.seed}"
+        import hashlib
+
+        tag = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:8]
+        return self.cache / "scenarios" / f"{name}-{tag}-s{self.seed}"
+
+
+DIGITS = tuple(str(d) for d in range(10))
+BUILTINS = {
+    b.name: b
+    for b in (
+        Builtin("digits-av", DIGITS, ("image", "audio"), "digits_av:build_sites"),
+        Builtin(
+            "fsdd-mnist", DIGITS, ("image", "audio"), "fsdd_mnist:build_sites",
+            needs="a folder with fsdd/ and mnist/", natural_sites=True,
+        ),
+        Builtin(
+            "covid-cxr", ("covid-19", "other"), ("image", "text", "tabular"), "covid_cxr:build_sites",
+            # grey X-rays at 64 px; notes are long (median ~340 characters), so 128 tokens
+            spec=DataSpec(image=ImageSpec(size=64, channels=1), text=TextSpec(max_length=128)),
+            needs="a folder in the COVID-19 image data collection layout: metadata.csv + images/",
+            natural_sites=True,
+        ),
+        Builtin(
+            "grid-av", ("bin", "lay", "place", "set"), ("audio", "text", "video"), "grid_av:build_sites",
+            spec=DataSpec(
+                audio=AudioSpec(sample_rate=16000, duration_s=3.0),
+                text=TextSpec(max_length=16),
+                video=VideoSpec(frames=8, size=48, channels=3),
+            ),
+            needs="a folder with transcripts.csv + video/*.mpg GRID clips",
+        ),
+        Builtin("synthetic", DIGITS, None, "synthetic:build_sites"),
+    )
+}  # fmt: skip
+SCENARIOS = tuple(BUILTINS)
 # scenarios whose natural sites come from the data (a run's site count must match)
-FIXED_SITE_SCENARIOS = ("fsdd-mnist", "covid-cxr")
+FIXED_SITE_SCENARIOS = tuple(name for name, b in BUILTINS.items() if b.natural_sites)
 
 
-NEEDS = {
-    "fsdd-mnist": "a folder with fsdd/ and mnist/",
-    "covid-cxr": "a folder in the COVID-19 image data collection layout: metadata.csv + images/",
-    "grid-av": "a folder with transcripts.csv + video/*.mpg GRID clips",
-}
+def builtin(name: str) -> Builtin:
+    if name not in BUILTINS:
+        raise ConfigError("scenario", f"{name!r} is not one of {', '.join(SCENARIOS)}")
+    return BUILTINS[name]
 
 
 @dataclass
@@ -117,79 +178,33 @@ def prepare_scenario(
 
     With build=False only the description (labels, modalities, DataSpec) and no sites: what a deployed
     server needs to build the model, without the sites' data."""
-    cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    labels = [str(d) for d in range(10)]
+    scenario = describe_scenario(name, modalities)
     if not build:
-        return describe_scenario(name, modalities)
-    if name == "digits-av":
-        from mmfed.data.scenarios.digits_av import generate_digits_av
-
-        sites = generate_digits_av(cache / "scenarios" / f"digits-av-s{seed}", seed=seed, num_sites=num_sites)
-        return Scenario(name, sites, labels, ("image", "audio"))
-    if name in ("fsdd-mnist", "covid-cxr", "grid-av"):
-        if data_dir is None:
-            raise ConfigError("data_dir", f"{name} reads real data: pass --data-dir ({NEEDS[name]})")
-        data_dir = Path(data_dir).resolve()
-        import hashlib
-
-        tag = hashlib.sha256(str(data_dir).encode()).hexdigest()[:8]
-        root = cache / "scenarios" / f"{name}-{tag}-s{seed}"
-    if name == "fsdd-mnist":
-        from mmfed.data.scenarios.fsdd_mnist import generate_fsdd_mnist
-
-        sites = generate_fsdd_mnist(root, data_dir, seed=seed)
-        return Scenario(name, sites, labels, ("image", "audio"))
-    if name == "covid-cxr":
-        from mmfed.data.scenarios.covid_cxr import generate_covid_cxr
-
-        scenario = describe_scenario(name, modalities)
-        scenario.sites = generate_covid_cxr(root, data_dir, seed=seed)
         return scenario
-    if name == "grid-av":
-        from mmfed.data.scenarios.grid_av import generate_grid_av
+    entry = builtin(name)
+    if entry.needs and data_dir is None:
+        raise ConfigError("data_dir", f"{name} reads real data: pass --data-dir ({entry.needs})")
+    request = BuildRequest(
+        cache=Path(cache_dir) if cache_dir else default_cache_dir(),
+        data_dir=Path(data_dir).resolve() if data_dir is not None else None,
+        seed=seed,
+        num_sites=num_sites,
+        samples_per_site=samples_per_site,
+        modalities=scenario.modalities,
+    )
+    import importlib
 
-        scenario = describe_scenario(name, modalities)
-        scenario.sites = generate_grid_av(
-            root.with_name(f"{root.name}-n{num_sites}"), data_dir, seed, num_sites
-        )
-        return scenario
-    if name == "synthetic":
-        from mmfed.data.scenarios.synthetic import synthetic_site, synthetic_site_path
-
-        mods = parse_modalities(modalities)
-        root = cache / "scenarios" / "synthetic"
-
-        def make(index: int) -> Path:
-            return synthetic_site(root, index, samples_per_site, 10, mods, seed)
-
-        sites = [synthetic_site_path(root, i, samples_per_site, 10, mods, seed) for i in range(num_sites)]
-        return Scenario(name, sites, labels, mods, make_site=make)
-    raise ConfigError("scenario", f"{name!r} is not one of {', '.join(SCENARIOS)}")
+    module, function = entry.builder.split(":")
+    build_sites = getattr(importlib.import_module(f"mmfed.data.scenarios.{module}"), function)
+    scenario.sites, scenario.make_site = build_sites(request)
+    return scenario
 
 
 def describe_scenario(name: str, modalities: str | tuple[str, ...] = ("image", "audio", "text")) -> Scenario:
     """A scenario's labels, modalities and DataSpec, without building or reading any data."""
-    digits = [str(d) for d in range(10)]
-    if name in ("digits-av", "fsdd-mnist"):
-        return Scenario(name, [], digits, ("image", "audio"))
-    if name == "covid-cxr":
-        from mmfed.data.scenarios.covid_cxr import LABELS
-
-        # grey X-rays at 64 px; notes are long (median ~340 characters), so 128 tokens
-        spec = DataSpec(image=ImageSpec(size=64, channels=1), text=TextSpec(max_length=128))
-        return Scenario(name, [], LABELS, ("image", "text", "tabular"), spec=spec)
-    if name == "grid-av":
-        from mmfed.data.scenarios.grid_av import LABELS
-
-        spec = DataSpec(
-            audio=AudioSpec(sample_rate=16000, duration_s=3.0),
-            text=TextSpec(max_length=16),
-            video=VideoSpec(frames=8, size=48, channels=3),
-        )
-        return Scenario(name, [], LABELS, ("audio", "text", "video"), spec=spec)
-    if name == "synthetic":
-        return Scenario(name, [], digits, parse_modalities(modalities))
-    raise ConfigError("scenario", f"{name!r} is not one of {', '.join(SCENARIOS)}")
+    entry = builtin(name)
+    held = entry.modalities or parse_modalities(modalities)
+    return Scenario(name, [], list(entry.labels), held, spec=entry.spec)
 
 
 def from_site_dirs(site_dirs: list[str | Path]) -> Scenario:

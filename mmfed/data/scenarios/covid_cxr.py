@@ -27,11 +27,12 @@ import numpy as np
 from PIL import Image
 
 from mmfed.data.manifest import write_manifest
+from mmfed.data.scenarios import BUILTINS
 from mmfed.data.scenarios.build import build_once
 from mmfed.errors import DataError
 
 GENERATOR_VERSION = "covid-cxr/2"
-LABELS = ["covid-19", "other"]
+LABELS = list(BUILTINS["covid-cxr"].labels)  # the task's classes, declared once
 METADATA_NAMES = ("metadata.csv", "metadata_subset.csv")
 MAX_SIDE = 256
 TEST_SHARE = 0.25
@@ -216,3 +217,8 @@ def generate_covid_cxr(
             "at least 3 (lower min_site_size or add data)"
         )
     return sites
+
+
+def build_sites(request) -> tuple[list[Path], None]:
+    """mmfed.data.scenarios.BUILTINS' entry point."""
+    return generate_covid_cxr(request.root("covid-cxr"), request.data_dir, seed=request.seed), None

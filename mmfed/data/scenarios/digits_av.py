@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from mmfed.data.manifest import write_manifest
+from mmfed.data.scenarios import BUILTINS
 from mmfed.data.scenarios.build import build_once
 from mmfed.data.tts import synthesize
 from mmfed.errors import ConfigError
@@ -45,7 +46,7 @@ MARKER_NAME = ".digits-av.json"
 AUDIO_SAMPLE_RATE = 8000
 TEST_FRACTION = 0.2
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-LABELS = [str(d) for d in range(10)]
+LABELS = list(BUILTINS["digits-av"].labels)  # the task's classes, declared once
 
 
 @dataclass(frozen=True)
@@ -191,3 +192,8 @@ def _lowpass(up: int, down: int) -> np.ndarray:
 
     max_rate = max(up, down)
     return firwin(2 * 10 * max_rate + 1, 1.0 / max_rate, window=("kaiser", 5.0))
+
+
+def build_sites(request) -> tuple[list[Path], None]:
+    """mmfed.data.scenarios.BUILTINS' entry point."""
+    return generate_digits_av(request.root(SCENARIO), seed=request.seed, num_sites=request.num_sites), None

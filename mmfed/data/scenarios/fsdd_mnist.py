@@ -18,11 +18,12 @@ import numpy as np
 from PIL import Image
 
 from mmfed.data.manifest import write_manifest
+from mmfed.data.scenarios import BUILTINS
 from mmfed.data.scenarios.build import build_once
 from mmfed.errors import DataError
 
 GENERATOR_VERSION = "fsdd-mnist/1"
-LABELS = [str(d) for d in range(10)]
+LABELS = list(BUILTINS["fsdd-mnist"].labels)  # the task's classes, declared once
 TEST_INDICES = range(0, 5)
 _WAV = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)\.wav$")
 
@@ -129,3 +130,8 @@ def generate_fsdd_mnist(root: Path, data_dir: Path, seed: int = 0) -> list[Path]
     list_recordings(data_dir)  # fail early, before creating anything, if the data dir is wrong
     settings = {"scenario": "fsdd-mnist", "generator": GENERATOR_VERSION, "seed": seed}
     return build_once(Path(root), settings, lambda tmp: _write(tmp, data_dir, seed))
+
+
+def build_sites(request) -> tuple[list[Path], None]:
+    """mmfed.data.scenarios.BUILTINS' entry point."""
+    return generate_fsdd_mnist(request.root("fsdd-mnist"), request.data_dir, seed=request.seed), None

@@ -36,12 +36,13 @@ from pathlib import Path
 import numpy as np
 
 from mmfed.data.manifest import write_manifest
+from mmfed.data.scenarios import BUILTINS
 from mmfed.data.scenarios.build import build_once
 from mmfed.errors import ConfigError, DataError
 
 SCENARIO = "grid-av"
 GENERATOR_VERSION = "grid-av/1"  # bump when the output changes, so existing builds are replaced
-LABELS = ["bin", "lay", "place", "set"]
+LABELS = list(BUILTINS["grid-av"].labels)  # the task's classes, declared once
 AUDIO_SAMPLE_RATE = 16000
 TRANSCRIPTS = "transcripts.csv"
 REQUIRED_COLUMNS = ("file", "code", "transcript", "command")
@@ -201,3 +202,10 @@ def generate_grid_av(root: Path, data_dir: Path, seed: int = 0, num_sites: int =
         probe_clip(clip)
     settings = {"scenario": SCENARIO, "generator": GENERATOR_VERSION, "seed": seed, "num_sites": num_sites}
     return build_once(Path(root), settings, lambda tmp: _write(tmp, clips, num_sites, seed))
+
+
+def build_sites(request) -> tuple[list[Path], None]:
+    """mmfed.data.scenarios.BUILTINS' entry point (one build per site count)."""
+    root = request.root(SCENARIO)
+    root = root.with_name(f"{root.name}-n{request.num_sites}")
+    return generate_grid_av(root, request.data_dir, request.seed, request.num_sites), None

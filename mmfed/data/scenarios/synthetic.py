@@ -134,3 +134,15 @@ def synthetic_site(
     return build_once(
         site_root, settings, lambda tmp: [_write_site(tmp, index, samples, num_classes, mods, seed)]
     )[0]
+
+
+def build_sites(request):
+    """mmfed.data.scenarios.BUILTINS' entry point. Sites are written on first use: a 1,000-site run on one
+    machine should not make every process write every site."""
+    root = request.cache / "scenarios" / "synthetic"
+    args = (request.samples_per_site, 10, request.modalities, request.seed)
+
+    def make(index: int) -> Path:
+        return synthetic_site(root, index, *args)
+
+    return [synthetic_site_path(root, i, *args) for i in range(request.num_sites)], make
