@@ -9,7 +9,6 @@ from localgrid import run_federation as run
 
 from mmfed.audit.check import audit_ledger
 from mmfed.errors import MMFedError
-from mmfed.federation.config import FederationConfig
 from mmfed.federation.run_task import run_scenario, run_task
 from mmfed.privacy import accounting
 from mmfed.privacy.budget import LEDGER, dp_geometry
@@ -20,21 +19,9 @@ from mmfed.site.loading import site_samples
 
 
 @pytest.fixture
-def cfg(tmp_path):
-    return FederationConfig(
-        scenario="synthetic",
-        sites=3,
-        samples_per_site=40,
-        modalities="image,audio",
-        rounds=3,
-        batch_size=8,
-        augment=False,
-        min_sites=2,
-        site_wait_s=2,
-        noise_multiplier=1.2,
-        max_grad_norm=1.0,
-        run_dir=str(tmp_path / "run1"),
-        state_dir=str(tmp_path / "state"),
+def cfg(small_federation, tmp_path):
+    return small_federation(
+        rounds=3, batch_size=8, noise_multiplier=1.2, max_grad_norm=1.0, run_dir=str(tmp_path / "run1")
     )
 
 

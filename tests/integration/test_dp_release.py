@@ -12,7 +12,6 @@ import pytest
 import torch
 
 import mmfed.site.client as client_mod
-from mmfed.federation.config import FederationConfig
 from mmfed.federation.params import get_weights
 from mmfed.federation.run_task import run_task
 from mmfed.models import build_model
@@ -33,19 +32,9 @@ ANCHOR_KEYS = {"ledger_hash", "ledger_signature"}
 
 
 @pytest.fixture
-def cfg(tmp_path):
-    return FederationConfig(
-        scenario="synthetic",
-        sites=3,
-        samples_per_site=40,
-        modalities="image,audio",
-        rounds=3,
-        batch_size=8,
-        augment=False,
-        optimizer="sgd",
-        noise_multiplier=1.0,
-        max_grad_norm=1.0,
-        run_dir=str(tmp_path / "run"),
+def cfg(small_federation):
+    return small_federation(
+        rounds=3, batch_size=8, optimizer="sgd", noise_multiplier=1.0, max_grad_norm=1.0, state_dir=""
     )
 
 

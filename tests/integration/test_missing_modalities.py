@@ -17,21 +17,8 @@ from mmfed.federation.params import weighted_mean
 
 
 @pytest.fixture
-def cfg(tmp_path):
-    return FederationConfig(
-        scenario="synthetic",
-        sites=4,
-        samples_per_site=40,
-        modalities="image,audio",
-        fusion="attention",
-        rounds=1,
-        batch_size=16,
-        augment=False,
-        min_sites=2,
-        site_wait_s=2,
-        run_dir=str(tmp_path / "run"),
-        state_dir=str(tmp_path / "state"),
-    )
+def cfg(small_federation):
+    return small_federation(sites=4)
 
 
 def test_encoded_mean_decodes_to_per_encoder_weighted_means():

@@ -11,26 +11,12 @@ from safetensors.numpy import load_file
 import mmfed.server.secure as secure_mod
 import mmfed.site.runtime as site_mod
 from mmfed.errors import MMFedError
-from mmfed.federation.config import FederationConfig
 from mmfed.federation.secagg import shares
 
 
 @pytest.fixture
-def cfg(tmp_path):
-    return FederationConfig(
-        scenario="synthetic",
-        sites=3,
-        samples_per_site=60,
-        modalities="image,audio",
-        fusion="attention",
-        rounds=1,
-        batch_size=16,
-        augment=False,
-        min_sites=2,
-        site_wait_s=2,
-        run_dir=str(tmp_path / "run"),
-        state_dir=str(tmp_path / "state"),
-    )
+def cfg(small_federation):
+    return small_federation(samples_per_site=60)
 
 
 def spy_sites(monkeypatch, fail: set[str] = frozenset()):
