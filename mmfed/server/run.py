@@ -84,13 +84,21 @@ def _server_evaluator(cfg: FederationConfig, task: Task) -> Callable[[list], dic
     return evaluate_weights
 
 
+def _simulated(grid: Grid) -> bool:
+    """Flower's simulation engine (`mmfed simulate`, `flwr run` locally) serves the ServerApp an in-memory
+    grid; a deployment, a gRPC one to real SuperNodes."""
+    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+    return isinstance(grid, InMemoryGrid)
+
+
 def run_server(
     grid: Grid,
     context: Any,
     cfg: FederationConfig,
     on_round: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    if cfg.data_dir or cfg.site_dirs:  # the server sees the sites' data (a simulation): they decide how many
+    if _simulated(grid):  # natural sites decide how many there are; deployed, whoever connects is a site
         cfg = natural_sites(cfg, flwr=True)
     # the task only: a deployed server has none of the sites' data (and needs none)
     task = run_task(cfg)
