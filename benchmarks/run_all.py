@@ -31,6 +31,7 @@ ORDER = [
     "missing_modality",
     "covid_cxr",
     "minilm_dp",
+    "reliability",
 ]
 TARGET = REPO / "BENCHMARKS.md"
 
