@@ -220,6 +220,11 @@ def main() -> int:
         default=os.environ.get("MMFED_SHARED_DATA", str(REPO.parent / "shared" / "data")),
         help="folder with fsdd/ and mnist/ [$MMFED_SHARED_DATA or ../shared/data]",
     )
+    ap.add_argument(
+        "--no-workers",
+        action="store_true",
+        help="no `mmfed site serve`: every message trains in its own ClientApp process",
+    )
     args = ap.parse_args()
     work = (args.workdir or Path(tempfile.mkdtemp(prefix="mmfed-loopback-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -299,8 +304,23 @@ def main() -> int:
     wait_for(link_up, 60, "the SuperLink port", 0.5)
     t["superlink"] = time.monotonic() - t0
 
-    # 3. register the SuperNodes' public keys (Control API), start the SuperNodes
+    # 3. the site workers (warm model, data and privacy state; before any message arrives), then
+    # register the SuperNodes' public keys (Control API) and start the SuperNodes
     t0 = time.monotonic()
+    if not args.no_workers:
+        for site in sites:
+            start(["mmfed", "site", "serve", "--dir", str(site)], env, work, logs / f"worker_{site.name}.log")
+        workers = list(PROCS[1:])
+
+        def workers_ready() -> bool:
+            for proc, site in zip(workers, sites, strict=True):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the worker of {site.name} exited {proc.returncode}: see {logs}")
+            return all(
+                "worker ready" in (logs / f"worker_{s.name}.log").read_text(errors="replace") for s in sites
+            )
+
+        wait_for(workers_ready, 120, "3 site workers", 0.5)
     for site in sites:
         res = flwr_json(
             ["supernode", "register", str(keys / f"{site.name}.pub"), "loopback", "--name", site.name],
@@ -308,16 +328,18 @@ def main() -> int:
             work,
         )
         log(f"registered {site.name}: node {res['node-id']}")
-    for site, port in zip(sites, node_ports[:SITES], strict=True):
+    supernodes = [
         start(
             supernode_cmd(link, port, site, keys / site.name, ca),
             env,
             work,
             logs / f"supernode_{site.name}.log",
         )
+        for site, port in zip(sites, node_ports[:SITES], strict=True)
+    ]
 
     def all_online() -> bool:
-        for p in PROCS[1:]:
+        for p in supernodes:
             if p.poll() is not None:
                 raise RuntimeError(f"a SuperNode exited {p.returncode}: see {logs}")
         nodes = flwr_json(["supernode", "list", "loopback"], env, work)["nodes"]
@@ -368,6 +390,13 @@ def main() -> int:
         n = len(ledger.read_text().splitlines()) if ledger.exists() else 0
         if n != 2:
             failures.append(f"{ledger}: {n} lines (want 2)")
+    if not args.no_workers:  # every fit went through the site's worker, none trained in a ClientApp
+        for site in sites:
+            log_path = site / "state" / "site-log.jsonl"
+            events = [json.loads(x) for x in log_path.read_text().splitlines()] if log_path.exists() else []
+            served = [e for e in events if e.get("event") == "worker" and e.get("op") == "fit"]
+            if len(served) != 2:
+                failures.append(f"{site.name}: {len(served)} fit messages served by its worker (want 2)")
     audit = subprocess.run(
         ["mmfed", "audit", *map(str, sites)], env=env, cwd=work, capture_output=True, text=True, timeout=300
     )
@@ -412,6 +441,7 @@ def main() -> int:
         for f in logs.glob("supernode_*.log")
     )
     print(f"ClientApp processes started by the 3 SuperNodes (one per message): {starts}")
+    print(f"site workers: {0 if args.no_workers else SITES} (mmfed site serve; training runs there when up)")
     for m in rounds:
         print(
             f"round {m.get('round')}: global accuracy {m.get('accuracy')}  loss {m.get('loss')}  "

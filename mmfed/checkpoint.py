@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import save_file
+from safetensors.numpy import save
 from safetensors.torch import load_file
 from torch import nn
 
@@ -22,7 +22,8 @@ def save_arrays(path: Path, arrays: dict[str, np.ndarray], metadata: dict[str, A
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
     meta = {"mmfed": json.dumps(metadata, sort_keys=True, default=str)}
-    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    # serialised first: a failed write (a full disk) is a plain OSError, and leaves the old file
+    write_atomic(path, save(tensors, metadata=meta))
     write_atomic(path.with_suffix(".json"), json.dumps(metadata, indent=2, sort_keys=True, default=str))
     return path
 

@@ -71,6 +71,8 @@ class AudioSpec:
             raise ConfigError("audio.feature", f"{self.feature!r} is not one of {', '.join(AUDIO_FEATURES)}")
         for name in ("sample_rate", "duration_s", "n_mels", "n_mfcc", "n_fft", "hop_length"):
             _check_positive(f"audio.{name}", getattr(self, name))
+        if not self.sample_rate * self.duration_s < float("inf"):
+            raise ConfigError("audio.duration_s", f"{self.duration_s} s at {self.sample_rate} Hz is too long")
         if self.n_fft > self.num_samples:
             raise ConfigError(
                 "audio.n_fft", f"{self.n_fft} is longer than the clip ({self.num_samples} samples)"
@@ -191,6 +193,7 @@ class ModelConfig:
         if self.num_classes < 2:
             raise ConfigError("num_classes", f"need at least 2 classes, got {self.num_classes}")
         _check_positive("hidden_dim", self.hidden_dim)
+        _check_positive("attention_heads", self.attention_heads)
         if self.hidden_dim % self.attention_heads:
             raise ConfigError(
                 "attention_heads",
@@ -221,12 +224,21 @@ class TrainConfig:
     num_workers: int = 0
 
     def validate(self) -> None:
-        _check_positive("epochs", self.epochs)
-        _check_positive("batch_size", self.batch_size)
-        _check_positive("lr", self.lr)
+        """Named as `mmfed train`'s options are (--batch-size: 'batch-size')."""
+        import math
+        import re
+
+        for name in ("epochs", "batch_size", "lr"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):  # lr = inf would train to nan
+                raise ConfigError(name.replace("_", "-"), f"must be a finite number > 0, got {value!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError("weight-decay", f"must be a finite number >= 0, got {self.weight_decay!r}")
         if not 0 <= self.modality_dropout < 1:
-            raise ConfigError("modality_dropout", f"must be in [0, 1), got {self.modality_dropout}")
-        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ConfigError("modality-dropout", f"must be in [0, 1), got {self.modality_dropout}")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError("seed", f"must be in [0, {2**32 - 1}], got {self.seed}")
+        if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", self.device):
             raise ConfigError("device", f"{self.device!r}: use auto, cpu, cuda or cuda:N")
 
 

@@ -160,7 +160,8 @@ class Task:
     def from_json(cls, text: str, where: str = "the server's task") -> Task:
         try:
             data = json.loads(text)
-        except ValueError:
+            json.dumps(data, ensure_ascii=False).encode()  # a lone surrogate escape is no text
+        except (ValueError, RecursionError):
             raise ConfigError(where, "is not valid JSON") from None
         return task_from_dict(data, where)
 
@@ -180,6 +181,8 @@ def load_task(path: str | Path) -> Task:
         raise ConfigError("task", f"{path} cannot be read ({exc.strerror or exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("task", f"{path}: not valid TOML ({exc})") from None
+    except (ValueError, RecursionError):  # an integer past 4300 digits, arrays nested thousands deep
+        raise ConfigError("task", f"{path}: not valid TOML (a number too long or nesting too deep)") from None
     return task_from_dict(data, str(path))
 
 
@@ -251,8 +254,15 @@ def _tabular(table: dict[str, Any] | None, where: str) -> TabularSpec:
     for feature, scale in numeric.items():
         if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale):
             raise ConfigError(f"{where}.numeric.{feature}", f"must be a number (the scale), got {scale!r}")
+    # a manifest writes name=value;... and strips cells: names and values that could never match are errors
+    for kind, features in (("numeric", numeric), ("categorical", categorical)):
+        for feature in features:
+            if feature != feature.strip() or not feature or ";" in feature or "=" in feature:
+                raise ConfigError(f"{where}.{kind}.{feature}", "name it without ';', '=' or edge spaces")
+    categorical = {k: _strings(v, f"{where}.categorical.{k}") for k, v in categorical.items()}
     for feature, values in categorical.items():
-        _strings(values, f"{where}.categorical.{feature}")
+        if any(";" in v or "=" in v for v in values):
+            raise ConfigError(f"{where}.categorical.{feature}", f"no value may hold ';' or '='; got {values}")
     return TabularSpec(
         numeric=tuple((str(k), float(v)) for k, v in numeric.items()),
         categorical=tuple((str(k), tuple(v)) for k, v in categorical.items()),

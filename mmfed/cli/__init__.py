@@ -10,6 +10,7 @@ from mmfed.cli.data import data_app
 from mmfed.cli.settings import settings
 from mmfed.cli.simulate import simulate
 from mmfed.cli.site import site_app
+from mmfed.cli.site_worker import site_serve, site_status  # noqa: F401 - site serve, site status
 from mmfed.cli.task import task_app
 from mmfed.cli.train import train
 from mmfed.screens import App

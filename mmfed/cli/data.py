@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mmfed.cli.common import CacheOpt, DataDirOpt, OnBadRow, ScenarioOpt, console, prepared_scenario
+from mmfed.data.manifest import FILE_MODALITIES
 from mmfed.data.site_files import SITE_FILES, check_site_files, load_site_manifest
 from mmfed.errors import MMFedError
 from mmfed.protected import manifest_files, refuse_cache_dir, refuse_protected
@@ -53,6 +54,18 @@ def data_check(
         console.print(f"[yellow]{len(manifest.skipped)} bad row(s) skipped; report: {escape(str(report))}[/]")
     else:
         console.print("[green]no problems found[/]")
+    files = sum(getattr(s, m) is not None for s in manifest.samples for m in FILE_MODALITIES)
+    line = f"{files} file(s) decoded in full, within {_limits(site_dir)}"
+    console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _limits(site_dir: Path) -> str:
+    from mmfed.data.limits import KEYS, site_limits
+
+    limits = site_limits(site_dir)
+    shown = ", ".join(limits.setting(key).split(",")[0].removeprefix("data.") for key in KEYS)
+    source = f"{limits.source} [data]" if limits.given else "the defaults (no [data] table in site.toml)"
+    return f"{source}: {shown}"
 
 
 @data_app.command("deid")

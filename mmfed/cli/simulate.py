@@ -53,9 +53,10 @@ def simulate(
     """Run a simulated federation: Flower's simulation engine, the ServerApp and ClientApp of deployment.
     Options override the --config file's settings (docs/reference/settings.md)."""
     from mmfed.server import simulation
-    from mmfed.server.prepare import prepare_simulation
+    from mmfed.server.prepare import check_resources, prepare_simulation
 
     try:
+        check_resources(cpus_per_site, gpus_per_site, ray_address)
         cfg = prepare_simulation(config, {k: v for k, v in settings.items() if v is not None})
     except MMFedError as exc:
         fail(exc)

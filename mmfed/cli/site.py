@@ -135,7 +135,10 @@ def _print_next_steps(dir: Path, policy_path: Path, key) -> None:
         f"  3. mmfed site check --dir {dir}   (policy, key, manifest, budget spent so far)\n"
         "  4. get from the server operator: the SuperLink address, its CA certificate (ca.crt), and an\n"
         "     authentication key pair (`mmfed certs node --out keys --name SITE`; send them keys/SITE.pub)\n"
-        "  5. connect (TLS and node authentication; plain text only with an explicit --insecure):\n"
+        "  5. start the site worker (keeps the model, data and budget warm between messages; as a service:\n"
+        "     docs/how-to/deploy-a-site.md, 'Run the site worker'), and check it with `mmfed site status`:\n"
+        f"     mmfed site serve --dir {dir.resolve()}\n"
+        "  6. connect (TLS and node authentication; plain text only with an explicit --insecure):\n"
         f"     flower-supernode --superlink SUPERLINK_HOST:PORT --root-certificates ca.crt \\\n"
         f"       --auth-supernode-private-key keys/SITE \\\n"
         f"       --node-config \"site-dir='{dir.resolve()}'\" --host 127.0.0.1 --port 9094",

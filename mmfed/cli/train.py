@@ -9,12 +9,14 @@ from typing import Annotated
 import typer
 
 from mmfed.cli.common import CacheOpt, DataDirOpt, OnBadRow, ScenarioOpt, console, prepared_scenario
-from mmfed.config import FUSIONS
+from mmfed.config import FUSIONS, IMAGE_ENCODERS, TEXT_ENCODERS
 from mmfed.errors import MMFedError
 from mmfed.protected import refuse_cache_dir, refuse_protected
 from mmfed.screens import fail
 
 Fusion = StrEnum("Fusion", {name: name for name in FUSIONS})
+ImageEncoder = StrEnum("ImageEncoder", {name: name for name in IMAGE_ENCODERS})
+TextEncoder = StrEnum("TextEncoder", {name: name for name in TEXT_ENCODERS})
 
 
 def train(
@@ -27,10 +29,10 @@ def train(
         str | None, typer.Option(help="comma list, e.g. image,audio [all the data has]")
     ] = None,
     fusion: Fusion = Fusion.attention,
-    image_encoder: Annotated[str, typer.Option(help="cnn or resnet18")] = "cnn",
+    image_encoder: Annotated[ImageEncoder, typer.Option(help="cnn or resnet18")] = ImageEncoder.cnn,
     text_encoder: Annotated[
-        str, typer.Option(help="bert-small or minilm (pretrained, offline)")
-    ] = "bert-small",
+        TextEncoder, typer.Option(help="bert-small or minilm (pretrained, offline)")
+    ] = TextEncoder["bert-small"],
     epochs: int = 10,
     batch_size: int = 64,
     lr: float = 2e-3,
@@ -50,15 +52,12 @@ def train(
     from mmfed.config import TrainConfig
     from mmfed.data.site_files import check_site_files
     from mmfed.runs import new_run_dir
-    from mmfed.train.centralized import train_centralized
+    from mmfed.train.centralized import check_run_dir, train_centralized
 
     run_dir = run_dir or new_run_dir("train", scenario if not site_dir else "sites")
     refuse_protected("--run-dir", run_dir, folder=True, instead="choose another --run-dir")
     refuse_cache_dir(cache_dir)
     try:
-        for site in site_dir or []:
-            check_site_files(site)
-        scen = prepared_scenario(scenario, data_dir, cache_dir, site_dir, seed)
         cfg = TrainConfig(
             epochs=epochs,
             batch_size=batch_size,
@@ -68,6 +67,11 @@ def train(
             modality_dropout=modality_dropout,
             device=device,
         )
+        cfg.validate()  # the options and the run dir first: before any data is read or built
+        check_run_dir(run_dir)
+        for site in site_dir or []:
+            check_site_files(site)
+        scen = prepared_scenario(scenario, data_dir, cache_dir, site_dir, seed)
         bar, hooks = _progress()
         with bar:
             summary = train_centralized(
@@ -76,8 +80,8 @@ def train(
                 modalities=modalities,
                 model_options={
                     "fusion": fusion.value,
-                    "image_encoder": image_encoder,
-                    "text_encoder": text_encoder,
+                    "image_encoder": image_encoder.value,
+                    "text_encoder": text_encoder.value,
                 },
                 train=cfg,
                 on_bad_row=on_bad_row.value,

@@ -1,4 +1,5 @@
-"""Audio: load (librosa) -> one sample rate -> trim silence -> fixed length -> log-mel or MFCC, normalised.
+"""Audio: decode (soundfile) -> one sample rate (librosa) -> trim silence -> fixed length -> log-mel or MFCC,
+normalised.
 
 The fixed-length waveform and its un-augmented features are cached on disk keyed by the file's content,
 so a second epoch (or a second run) skips decoding and resampling. Augmentation works on the cached
@@ -7,7 +8,6 @@ waveform (noise, time shift, speed; pitch shift optional because it costs ~20x a
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,7 +16,8 @@ import numpy as np
 
 from mmfed.config import AudioSpec
 from mmfed.data.cache import ArrayCache
-from mmfed.errors import DataError
+from mmfed.data.decoding import read_audio
+from mmfed.data.limits import DataLimits, limits_for
 
 
 @dataclass(frozen=True)
@@ -30,19 +31,14 @@ class AudioAugment:
     pitch_semitones: float = 2.0
 
 
-def load_waveform(path: Path, sample_rate: int) -> np.ndarray:
-    """Decode any file librosa reads, as mono float32 at `sample_rate`."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # librosa warns when falling back to audioread
-            y, _ = librosa.load(str(path), sr=sample_rate, mono=True)
-    except Exception as exc:  # noqa: BLE001 - decoders raise many types
-        raise DataError(f"{path}: cannot decode audio ({exc}); check the file is WAV/FLAC/OGG") from exc
-    if y.size == 0:
-        raise DataError(f"{path}: the audio file holds no samples")
-    if not np.all(np.isfinite(y)):
-        raise DataError(f"{path}: the audio holds NaN or infinite samples")
-    return y.astype(np.float32)
+def load_waveform(path: Path, sample_rate: int, limits: DataLimits | None = None) -> np.ndarray:
+    """Decode (soundfile: WAV, FLAC, OGG, MP3) as mono float32 at `sample_rate`, within the site's limits
+    (its site.toml [data], else the defaults): an over-long, truncated or undecodable file -> DataError
+    naming it, before more than a block of it is in memory."""
+    y, rate = read_audio(Path(path), limits or limits_for(path))
+    if rate != sample_rate:
+        y = librosa.resample(y, orig_sr=rate, target_sr=sample_rate, res_type="soxr_hq")
+    return np.ascontiguousarray(y, dtype=np.float32)
 
 
 def fit_length(y: np.ndarray, spec: AudioSpec) -> np.ndarray:

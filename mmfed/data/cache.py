@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mmfed.data import file_identity
 from mmfed.files import write_atomic
 
 
@@ -40,7 +41,8 @@ class ArrayCache:
         st = path.stat()
         key = (str(path), st.st_size, st.st_mtime_ns)
         if key not in self._digests:  # hash each file once per process, not once per epoch
-            self._digests[key] = file_digest(path)
+            known = file_identity.active()  # and, at a site, once while it is unchanged
+            self._digests[key] = file_digest(path) if known is None else known.digest(path, file_digest)
         return self._digests[key]
 
     def _entry(self, path: Path, settings_key: str) -> Path:

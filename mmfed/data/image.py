@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torchvision.transforms import v2
 
 from mmfed.config import ImageSpec
-from mmfed.errors import DataError
+from mmfed.data.decoding import image_pixels
+from mmfed.data.limits import DataLimits, limits_for
 
 
 @dataclass(frozen=True)
@@ -23,23 +23,11 @@ class ImageAugment:
     blur_prob: float = 0.2
 
 
-def load_image(path: Path, channels: int) -> Image.Image:
-    """Decode to 'L' (grey) or 'RGB'; 16-bit greyscale (common for X-rays) is rescaled, not clipped."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"{path}: cannot decode image ({exc}); check it is a PNG/JPEG/BMP/TIFF") from exc
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
-        img = Image.fromarray(arr.astype(np.uint8), mode="L")
-    if img.mode in ("RGBA", "LA", "P"):
-        img = img.convert("RGBA")
-        background = Image.new("RGBA", img.size, (0, 0, 0, 255))  # transparent areas become black
-        img = Image.alpha_composite(background, img)
-    return img.convert("L" if channels == 1 else "RGB")
+def load_image(path: Path, channels: int, limits: DataLimits | None = None) -> Image.Image:
+    """Decode to 'L' (grey) or 'RGB' within the site's limits (its site.toml [data], else the defaults);
+    16-bit greyscale (common for X-rays) is rescaled, not clipped. A file that cannot be decoded, or is
+    over a limit, -> DataError naming it."""
+    return image_pixels(Path(path), channels, limits or limits_for(path))
 
 
 class ImageProcessor:

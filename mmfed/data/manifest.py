@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import csv
 import difflib
+import io
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmfed.config import MODALITIES
-from mmfed.data.file_probe import check_file
+from mmfed.data.file_probe import check_file, empty_like, is_empty_like
 from mmfed.data.tabular import parse_cell
 from mmfed.errors import ManifestError
 from mmfed.task import Columns
@@ -78,7 +79,9 @@ class SiteManifest:
 
 
 def sort_labels(found: Iterable[str]) -> list[str]:
-    found = set(found)
+    """The classes found in a manifest's labels, in order; 'nan', '#N/A', 'None' (an export's empty cell)
+    are no class unless a labels.txt or task names them."""
+    found = {x for x in found if not is_empty_like(x)}
     try:
         return sorted(found, key=int)
     except ValueError:
@@ -89,7 +92,7 @@ def read_labels(site_dir: Path) -> list[str] | None:
     path = site_dir / LABELS_NAME
     if not path.exists():
         return None
-    labels = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    labels = [line.strip() for line in _text(path).splitlines() if line.strip()]
     dupes = sorted({x for x in labels if labels.count(x) > 1})
     if dupes:
         raise ManifestError(
@@ -121,8 +124,12 @@ def load_manifest(
         raise ValueError(f"on_bad_row must be one of {ON_BAD_ROW}, got {on_bad_row!r}")
     site_dir = Path(site_dir)
     path = site_dir / MANIFEST_NAME
+    if site_dir.is_file():
+        raise ManifestError(str(site_dir), [RowProblem(0, 0, "-", "is a file; name the site's folder")])
     if not site_dir.is_dir():
         raise ManifestError(str(site_dir), [RowProblem(0, 0, "-", "site directory does not exist")])
+    if path.exists() and not path.is_file():
+        raise ManifestError(str(path), [RowProblem(0, 0, "-", "is a directory; the manifest is a file")])
     if not path.is_file():
         raise ManifestError(
             str(path),
@@ -176,15 +183,22 @@ class _Reading:
         self.bad_rows.add(index)
 
     def rows(self, path: Path) -> tuple[list[str], list[tuple[int, dict, str | None]]]:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            header = [h.strip() for h in (reader.fieldnames or [])]
+        reader = csv.DictReader(io.StringIO(_text(path), newline=""), strict=True)  # an unclosed quote
+        try:
+            header = [h.strip().strip("\ufeff").strip() for h in (reader.fieldnames or [])]  # BOMs: Excel
             _check_header(path, header, self.columns)
             reader.fieldnames = header
             rows = []
             for raw in reader:
                 error = "row has more cells than the header has columns" if None in raw else None
                 rows.append((reader.line_num, _project(raw, self.columns), error))
+        except csv.Error as exc:  # its message may quote the cell (a record): say only where and why
+            problem = (
+                f"a cell is longer than {csv.field_size_limit()} characters; shorten that text"
+                if "field limit" in str(exc)
+                else "not readable as CSV; check its quotes"
+            )
+            raise ManifestError(str(path), [RowProblem(0, reader.line_num, "-", problem)]) from None
         return header, rows
 
     def check(self, rows: list, label_names: list[str] | None) -> list[tuple[int, int, dict]]:
@@ -218,8 +232,12 @@ class _Reading:
             bad("split", f"split {cells.get('split', '')!r} is not one of {', '.join(SPLITS)}{hint}")
         if not cells.get("label"):
             bad("label", "empty label")
+        elif is_empty_like(cells["label"]) and cells["label"] not in (label_names or ()):
+            bad("label", empty_like(f"label {cells['label']!r}", "fill it in (or list it in labels.txt)"))
         elif label_names is not None and cells["label"] not in label_names:
             bad("label", f"unknown label {cells['label']!r}; known labels: {', '.join(label_names)}")
+        if is_empty_like(cells.get("text", "")):
+            bad("text", empty_like(repr(cells["text"]), "leave the cell empty if the record has no text"))
         if not any(cells.get(m) for m in MODALITIES):
             filled = ", ".join(self.columns.source(m) for m in MODALITIES)
             bad("-", f"no modality at all: fill at least one of {filled}")
@@ -262,6 +280,25 @@ class _Reading:
                 )
             )
         return samples
+
+
+def _text(path: Path) -> str:
+    """A site file's text (UTF-8, BOM or not); undecodable, unreadable or NUL-holding -> ManifestError."""
+    try:
+        data = path.read_bytes()
+        text = data.decode("utf-8-sig")
+    except OSError as exc:
+        problem = RowProblem(0, 0, "-", f"cannot be read ({exc.strerror or exc}); make it a readable file")
+        raise ManifestError(str(path), [problem]) from None
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        problem = RowProblem(0, line, "-", "not UTF-8 text; save it as UTF-8 (Excel: CSV UTF-8)")
+        raise ManifestError(str(path), [problem]) from None
+    if "\0" in text:  # UTF-16 without a byte-order mark decodes, as text full of NULs
+        line = text.count("\n", 0, text.index("\0")) + 1
+        problem = RowProblem(0, line, "-", "holds NUL bytes (UTF-16?); save it as UTF-8")
+        raise ManifestError(str(path), [problem])
+    return text
 
 
 def _check_header(path: Path, header: list[str], columns: Columns) -> None:

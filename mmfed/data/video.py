@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,8 @@ import torch.nn.functional as F
 
 from mmfed.config import VideoSpec
 from mmfed.data.cache import ArrayCache
-from mmfed.errors import DataError
+from mmfed.data.decoding import FileProblem, frames_within_limits, open_video
+from mmfed.data.limits import DataLimits, limits_for
 
 
 def sample_indices(num_frames: int, t: int) -> np.ndarray:
@@ -18,41 +20,47 @@ def sample_indices(num_frames: int, t: int) -> np.ndarray:
     return np.minimum(((np.arange(t) + 0.5) * num_frames / t).astype(np.int64), num_frames - 1)
 
 
-def decode_sampled_frames(path: Path, t: int, channels: int) -> np.ndarray:
+def decode_sampled_frames(path: Path, t: int, channels: int, limits: DataLimits | None = None) -> np.ndarray:
     """T frames spread uniformly over the first video stream, uint8 [T, H, W, C].
 
-    Only the chosen frames are kept, so an hour-long clip costs decode time but not memory.
+    Only the chosen frames are kept, so a long clip costs decode time but not memory; the site's limits
+    (its site.toml [data], else the defaults) bound the frame size and the clip's length, as declared and
+    as decoded: a clip over them, or one that cannot be decoded -> DataError naming the file.
     """
-    import av
-
+    limits = limits or limits_for(path)
     fmt = "gray" if channels == 1 else "rgb24"
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise DataError(f"{path}: no video stream in the file")
-            total = container.streams.video[0].frames
-            if total <= 0:  # container does not say: count packets (no decoding needed)
-                total = sum(1 for p in container.demux(video=0) if p.size)
-                container.seek(0)
-            wanted = sample_indices(max(total, 1), t)
-            wanted_set = set(wanted.tolist())
-            keep: dict[int, np.ndarray] = {}
-            last = None
-            for i, frame in enumerate(container.decode(video=0)):
-                if i in wanted_set:
-                    keep[i] = frame.to_ndarray(format=fmt)
-                last = (i, frame)
-                if i >= wanted[-1]:
-                    break
-    except DataError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - PyAV raises many types
-        raise DataError(f"{path}: cannot decode video ({exc})") from exc
-    if last is None:
-        raise DataError(f"{path}: the video holds no frames")
-    fallback = last[1].to_ndarray(format=fmt)  # the stream was shorter than its header said
+    path = Path(path)
+    with open_video(path, limits) as container:
+        try:
+            picked = _pick(container, path, t, fmt, limits)
+        except FileProblem:
+            raise
+        except Exception as exc:  # noqa: BLE001 - PyAV raises many types
+            raise FileProblem(path, f"cannot be decoded ({type(exc).__name__}); export it again") from None
+    keep, wanted, fallback = picked
     arr = np.stack([keep.get(int(i), keep.get(max(keep, default=-1), fallback)) for i in wanted])
     return arr[..., None] if arr.ndim == 3 else arr
+
+
+def _pick(container, path: Path, t: int, fmt: str, limits: DataLimits):
+    total = container.streams.video[0].frames
+    if total <= 0:  # container does not say: count packets (no decoding needed)
+        total = sum(1 for p in container.demux(video=0) if p.size)
+        container.seek(0)
+    wanted = sample_indices(max(total, 1), t)
+    wanted_set = set(wanted.tolist())
+    keep: dict[int, np.ndarray] = {}
+    last = None
+    with closing(frames_within_limits(container, path, limits)) as frames:
+        for i, frame in enumerate(frames):
+            if i in wanted_set:
+                keep[i] = frame.to_ndarray(format=fmt)
+            last = frame
+            if i >= wanted[-1]:
+                break
+    if last is None:
+        raise FileProblem(path, "holds no video frames")
+    return keep, wanted, last.to_ndarray(format=fmt)  # the last: the stream was shorter than its header said
 
 
 class VideoProcessor:

@@ -61,7 +61,7 @@ def _check_modalities(modalities: str) -> None:
 
 
 def _check_device(device: str) -> None:
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+    if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", device):  # \d would take other scripts' digits
         raise ConfigError("device", f"{device!r}: use auto, cpu, cuda or cuda:N")
 
 
@@ -114,7 +114,9 @@ class FederationConfig:
     mask_diagnosis: bool = setting(
         False, TASK, "label-leak guard: mask diagnosis terms in text (covid-cxr notes name the diagnosis)"
     )
-    seed: int = setting(0, TASK, "seeds the scenario, the partition and every site's training")
+    seed: int = setting(
+        0, TASK, "seeds the scenario, the partition and every site's training", range=between(0, 2**32 - 1)
+    )
     # -- model -------------------------------------------------------------------------------------
     fusion: str = setting("attention", MODEL, "how the modalities' encodings are combined", choices=FUSIONS)
     image_encoder: str = setting(
@@ -263,6 +265,11 @@ class FederationConfig:
             raise ConfigError("config", f"{path} cannot be read ({exc.strerror or exc})") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("config", f"{path}: not valid TOML ({exc})") from None
+        except (ValueError, RecursionError):  # an integer past 4300 digits, arrays nested thousands deep
+            raise ConfigError("config", f"{path}: not valid TOML (huge number or deep nesting)") from None
+        if "federation" in data and len(data) > 1:  # they would be ignored
+            stray = ", ".join(sorted(k for k in data if k != "federation"))
+            raise ConfigError("config", f"{path}: {stray} outside [federation]; move every setting into it")
         data = data.get("federation", data)
         if not isinstance(data, dict):
             raise ConfigError("config", f"{path}: [federation] must be a table of settings")
@@ -304,11 +311,15 @@ RESUMABLE_SETTINGS = tuple(f.name for f in dataclasses.fields(FederationConfig) 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
     kind = str(annotation)
     try:
+        if isinstance(value, list | dict) or (isinstance(value, bool) and kind != "bool"):
+            raise TypeError(value)  # `rounds = true` is no 1, `augment = [0]` no true
         if kind == "bool":
             if isinstance(value, str):
                 if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
                     raise ValueError(value)
                 return value.lower() in ("true", "1", "yes")
+            if type(value) is not bool and not (type(value) is int and value in (0, 1)):
+                raise TypeError(value)
             return bool(value)
         if kind == "int":
             if isinstance(value, float) and not value.is_integer():
@@ -316,6 +327,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             return int(value)
         if kind == "float":
             return float(value)
+        if not isinstance(value, str | int | float):  # a TOML date is no path or name
+            raise TypeError(value)
         return str(value)
     except (TypeError, ValueError):
         raise ConfigError(key, f"{value!r} is not a valid {kind}") from None

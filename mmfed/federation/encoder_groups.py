@@ -49,6 +49,10 @@ def split_site_update(
     num_groups = max(groups, default=0) + 1
     if len(encoded) != len(groups) + 1:
         return None, None, f"update has {len(encoded)} arrays, expected {len(groups)} + 1 coverage vector"
+    dtypes = [np.asarray(a).dtype for a in encoded]  # before any arithmetic: text or objects would raise
+    bad = next((i for i, d in enumerate(dtypes) if not np.issubdtype(d, np.floating)), None)
+    if bad is not None:
+        return None, None, f"array {bad}: dtype {dtypes[bad]} is not floating point"
     coverage = np.asarray(encoded[-1], dtype=np.float64)
     if coverage.shape != (num_groups,):
         return None, None, f"coverage vector has shape {coverage.shape}, expected ({num_groups},)"

@@ -50,16 +50,24 @@ class Range:
         return self.high is None or (x < self.high if self.high_open else x <= self.high)
 
     def __str__(self) -> str:
+        low, high = _number(self.low), _number(self.high)
         if self.low is not None and self.high is not None:
             left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
-            text = f"in {left}{self.low:g}, {self.high:g}{right}"
+            text = f"in {left}{low}, {high}{right}"
         elif self.low is not None:
-            text = f"{'>' if self.low_open else '>='} {self.low:g}"
+            text = f"{'>' if self.low_open else '>='} {low}"
         elif self.high is not None:
-            text = f"{'<' if self.high_open else '<='} {self.high:g}"
+            text = f"{'<' if self.high_open else '<='} {high}"
         else:
             text = "any"
         return f"{text} {self.note}" if self.note else text
+
+
+def _number(x: float | None) -> str:
+    """A bound as the reference writes it: whole numbers in full (4294967295, not 4.29497e+09)."""
+    if x is None:
+        return ""
+    return str(int(x)) if float(x).is_integer() and abs(x) >= 1e6 else f"{x:g}"
 
 
 def at_least(low: float, note: str = "") -> Range:

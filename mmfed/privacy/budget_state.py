@@ -16,7 +16,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from mmfed.files import write_atomic
+from mmfed.files import WriteError, write_atomic
 from mmfed.privacy import accounting, ledger, site_keys
 from mmfed.privacy.accounting import History
 from mmfed.privacy.key_rotation import first_public_key
@@ -211,4 +211,11 @@ class BudgetState:
             # the site's high-water mark: the last entry it wrote (a shorter ledger is refused)
             "ledger_head": head,
         }
-        write_atomic(self.budget_path, json.dumps(state, indent=1))
+        try:
+            write_atomic(self.budget_path, json.dumps(state, indent=1))
+        except WriteError as exc:  # a full disk: the entry just appended released nothing, take it back
+            if head is None or not ledger.take_back(self.ledger_path, head["hash"]):
+                raise
+            raise WriteError(
+                self.budget_path, exc, f"{self.ledger_path} and it are as they were (nothing was released)"
+            ) from exc

@@ -5,6 +5,10 @@ point to (not the path: moving the site directory keeps it). The ledger records 
 secret of the site (`keyed`): the server, which knows every record but one, could otherwise compute the
 plain hash for both candidate datasets and compare it with a ledger entry, or with its hash in the
 ledger head every release carries.
+
+Each file is hashed once while it is unchanged: with a file identity cache (given, or the active one of
+mmfed.data.file_identity) a file whose identity — path, size, mtime, ctime, inode — is as last time keeps
+its digest; only new or changed files are read again.
 """
 
 from __future__ import annotations
@@ -14,11 +18,17 @@ import hmac
 import json
 from collections.abc import Sequence
 
+from mmfed.data import file_identity
 from mmfed.data.cache import file_digest
 from mmfed.data.manifest import Sample
 
 
-def data_fingerprint(samples: Sequence[Sample]) -> str:
+def data_fingerprint(samples: Sequence[Sample], cache: file_identity.FileIdentityCache | None = None) -> str:
+    cache = cache if cache is not None else file_identity.active()
+
+    def digest(path) -> str:
+        return file_digest(path) if cache is None else cache.digest(path, file_digest)
+
     h = hashlib.sha256()
     for s in sorted(samples, key=lambda s: s.id):
         record = {
@@ -26,7 +36,7 @@ def data_fingerprint(samples: Sequence[Sample]) -> str:
             "label": s.label,
             "split": s.split,
             "text": s.text,
-            **{m: file_digest(getattr(s, m)) for m in ("image", "audio", "video") if getattr(s, m)},
+            **{m: digest(getattr(s, m)) for m in ("image", "audio", "video") if getattr(s, m)},
         }
         if s.tabular:  # only when present, so fingerprints of data without it stay as they were
             record["tabular"] = s.tabular

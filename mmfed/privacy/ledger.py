@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from mmfed import files
@@ -108,17 +108,34 @@ def append(path: Path, key: Ed25519PrivateKey, fields: dict[str, Any]) -> dict[s
     else:
         try:
             index, prev = int(json.loads(last)["index"]) + 1, line_hash(last)
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
             raise MMFedError(
                 f"{path}: the last entry is unreadable; nothing was appended — run `mmfed audit` on this site"
             ) from None
     entry = signed_entry(fields, key, index, prev)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "ab") as f:
-        f.write(canonical(entry) + b"\n")
-        f.flush()
-        os.fsync(f.fileno())
+    with open(path, "a+b") as f:  # reads see the last byte
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(size - 1, 0))
+        # a last entry whose newline a crash cut off: end its line first, or the new entry would join it
+        start = b"\n" if size and f.read(1) != b"\n" else b""
+    # whole or not at all: a full disk leaves the ledger as it was (files.WriteError)
+    files.append(path, start + canonical(entry) + b"\n", durable=True, kept="the ledger is as it was")
     return entry
+
+
+def take_back(path: Path, entry_hash: str) -> bool:
+    """Remove the last entry if it is the one hashing to `entry_hash` (caller holds `locked(path)`): an
+    entry whose release failed before anything left the site. Whether it was removed."""
+    data = path.read_bytes() if path.exists() else b""
+    body = data.rstrip(b"\n")
+    start = body.rfind(b"\n") + 1
+    if not body or line_hash(body[start:]) != entry_hash:
+        return False
+    with open(path, "r+b") as f:  # shrinking a file needs no space
+        f.truncate(start)
+        os.fsync(f.fileno())
+    return True
 
 
 @dataclass
@@ -133,7 +150,10 @@ class Problem:
 def signature_ok(entry: dict[str, Any], public: Ed25519PublicKey) -> bool:
     body = {k: v for k, v in entry.items() if k != "signature"}
     try:
-        public.verify(base64.b64decode(entry["signature"], validate=True), canonical(body))
+        signature = base64.b64decode(entry["signature"], validate=True)
+        if base64.b64encode(signature).decode() != entry["signature"]:
+            return False  # spare bits set in the last character: another text for the same signature
+        public.verify(signature, canonical(body))
         return True
     except (InvalidSignature, ValueError, TypeError):
         return False
@@ -145,7 +165,8 @@ def verify(
     """(parsed entries, first problem or None).
 
     The chain makes the last entry's signature cover every earlier line, so an intact chain needs one
-    signature check; `every_signature` (or any broken link) checks each entry's to name the first bad one.
+    signature check (and one per key rotation); `every_signature` (or any broken link) checks each entry's
+    to name the first bad one. The last line must read exactly as `canonical` writes it: no hash pins it.
     """
     entries, problem = _parse(lines)
     if problem:
@@ -156,9 +177,16 @@ def verify(
     problem = _chain_problem(lines, entries, signer, every_signature)
     if problem:
         return entries, problem
-    if entries and not every_signature and (bad := _signature_problem(signer, len(entries), entries[-1])):
-        # something is wrong: check every entry so the message names the first bad one
-        return entries, verify(lines, public, every_signature=True)[1] or bad
+    if entries and lines[-1] != canonical(entries[-1]):  # the next entry's prev_hash pins every other line
+        what = f"entry {entries[-1]['index']}: not written as the ledger writes it: the entry was edited"
+        return entries, Problem(len(entries), what)
+    if entries and not every_signature:
+        # the last signature covers the chain back to the last key rotation; each rotation's, the chain
+        # before it (a rotation names the key that signs what follows: unchecked, any key could)
+        signed = [n for n, e in enumerate(entries, start=1) if e.get("kind") == ROTATION] + [len(entries)]
+        bad = next(filter(None, (_signature_problem(signer, n, entries[n - 1]) for n in signed)), None)
+        if bad:  # something is wrong: check every entry so the message names the first bad one
+            return entries, verify(lines, public, every_signature=True)[1] or bad
     return entries, None
 
 
@@ -269,7 +297,7 @@ def public_key_from_text(pem: str) -> Ed25519PublicKey:
 
     try:
         key = serialization.load_pem_public_key(pem.encode())
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):  # an edited PEM may name an unknown algorithm
         raise MMFedError("the announced public key is not PEM") from None
     if not isinstance(key, Ed25519PublicKey):
         raise MMFedError("the announced public key is not Ed25519")

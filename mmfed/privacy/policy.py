@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from mmfed.config import MODALITIES
+from mmfed.data.limits import parse_limits
 from mmfed.errors import ConfigError
 
 POLICY_FILE = "site.toml"
@@ -65,6 +66,15 @@ mask_diagnosis = {mask_diagnosis}
 # Evaluate the run's global model on this site's test split and report loss / accuracy (not covered by
 # DP: they describe the test records). Under secure aggregation only their sum over sites is revealed.
 allow_evaluation = {allow_evaluation}
+
+[data]
+# Limits on every file the manifest names: `mmfed data check` decodes each file within them, and training
+# refuses (naming the file) one that is over them, so no record can exhaust this machine's memory. The
+# defaults are shown; uncomment a line to change one (e.g. for whole-slide images or long recordings).
+# max_image_pixels = 50_000_000   # width x height of an image or of a video frame
+# max_audio_seconds = 600         # one recording
+# max_video_seconds = 600         # one clip
+# max_file_mb = 1024              # any one file, in MiB
 """
 
 
@@ -145,13 +155,23 @@ def load_policy(path: str | Path) -> SitePolicy:
     """Read and validate a site.toml; every error names the file and the key."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(str(path), "site policy not found; create one with `mmfed site init`") from None
+    except UnicodeDecodeError:  # its text would quote the file around the bad byte
+        raise ConfigError(str(path), "not UTF-8 text; save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot be read ({exc.strerror or exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), f"not valid TOML: {exc}") from None
-    if set(data) - {"privacy"} or "privacy" not in data:
-        raise ConfigError(str(path), f"expected one [privacy] table, found {sorted(data) or 'none'}")
+    except (ValueError, RecursionError):  # an integer past 4300 digits, arrays nested thousands deep
+        raise ConfigError(str(path), "not valid TOML (a number too long or nesting too deep)") from None
+    if set(data) - {"privacy", "data"} or not isinstance(data.get("privacy"), dict):
+        raise ConfigError(
+            str(path), f"expected one [privacy] table (and optionally [data]), found {sorted(data) or 'none'}"
+        )
+    if "data" in data:  # the site's limits on its files (mmfed.data.limits): validated here too
+        parse_limits(data["data"], str(path))
     known = {f.name for f in fields(SitePolicy)} - {"source"}
     values: dict = {}
     for key, value in data["privacy"].items():

@@ -7,6 +7,7 @@ import os
 import stat
 from pathlib import Path
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -69,18 +70,40 @@ def load_private_key(home: Path) -> Ed25519PrivateKey:
         raise MMFedError(
             f"{path}: no ledger signing key; create the site's key with `mmfed site init --dir {home}`"
         )
+    if path.is_dir():
+        raise MMFedError(f"{path}: a folder, not the site's private key file; restore the key from backup")
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         raise MMFedError(f"{path}: private key is readable by others (mode {mode:o}); run `chmod 600 {path}`")
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (ValueError, TypeError) as exc:
+    except TypeError:  # encrypted: a site signs unattended, its key is protected by mode 0600
+        raise MMFedError(
+            f"{path}: the key is password-protected; restore the unencrypted key (mode 0600) from backup"
+        ) from None
+    except (ValueError, UnsupportedAlgorithm) as exc:
         raise MMFedError(
             f"{path}: not a readable PEM private key ({type(exc).__name__}); restore it"
         ) from None
     if not isinstance(key, Ed25519PrivateKey):
         raise MMFedError(f"{path}: not an Ed25519 private key")
+    _check_pair(home, key)
     return key
+
+
+def _check_pair(home: Path, key: Ed25519PrivateKey) -> None:
+    """The private key is the one of the site's public key (what its privacy officer and every audit verify
+    its ledger with): a key swapped in by mistake would sign entries no audit accepts."""
+    public_path = home / PUBLIC_KEY
+    if not public_path.is_file():
+        return
+    public = load_public_key(public_path)
+    if key_id(public) != key_id(key.public_key()):
+        raise MMFedError(
+            f"{home / PRIVATE_KEY} is not the private key of {public_path} ({key_id(public)}): restore the "
+            "site's own key from backup; if it is lost, move this file away and record the loss with "
+            f"`mmfed site rotate-key --dir {home} --lost`"
+        )
 
 
 def fingerprint_secret(key: Ed25519PrivateKey) -> bytes:

@@ -189,8 +189,11 @@ class DeltaFedAvg(FedAvg):
         return [(proxy, EvaluateIns(ins.parameters, {**ins.config, **own})) for proxy, ins in instructions]
 
     def evaluate(self, server_round: int, parameters: Parameters):
-        """Server-side test set (when configured); also runs at round 0 on the initial model."""
-        return None if self.stopped else super().evaluate(server_round, parameters)
+        """Server-side test set (when configured); also runs at round 0 on the initial model, unless the
+        run is resumed (that model is a checkpoint the run already scored: its row is logged)."""
+        if self.stopped or (server_round == 0 and self.offset):
+            return None
+        return super().evaluate(server_round, parameters)
 
     def aggregate_evaluate(self, server_round: int, results, failures):
         self.evaluation = None

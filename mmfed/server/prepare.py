@@ -34,14 +34,96 @@ def natural_sites(cfg: FederationConfig, sites_given: bool = True, flwr: bool = 
     return cfg
 
 
+def check_checkpoint_file(path: Path) -> None:
+    """A safetensors file (its header read, nothing loaded): not a folder, not a file of another kind."""
+    from safetensors import SafetensorError, safe_open
+
+    if path.is_dir():
+        raise MMFedError(f"initial-model {path}: is a folder; give the file (RUN_DIR/model.safetensors)")
+    if not path.is_file():
+        raise MMFedError(f"initial-model {path}: no such file")
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            fh.keys()
+    except (SafetensorError, OSError, ValueError):
+        raise MMFedError(
+            f"initial-model {path}: not a safetensors model file (e.g. the model.safetensors `mmfed train` "
+            "writes); give that file"
+        ) from None
+
+
+def _folder_path(option: str, path: Path) -> None:
+    """`path` is a folder, or can become one: neither it nor the nearest existing folder above is a file."""
+    for part in (path, *path.parents):
+        if part.exists():
+            if not part.is_dir():
+                where = "is a file" if part == path else f"is under {part}, which is a file"
+                raise MMFedError(f"{option} {path}: {where}; give a folder (nothing was changed)")
+            return
+
+
+def check_run_paths(cfg: FederationConfig, run_dir: Path) -> None:
+    """The folders and files a run writes have the right shape: refused now, not by a site in a Ray worker
+    (a state-dir that is a file) or by the server after the first round (an anchor file that is a folder)."""
+    from mmfed.data.cache import default_cache_dir
+
+    _folder_path("--run-dir", run_dir)
+    if cfg.state_dir:
+        _folder_path("--state-dir", Path(cfg.state_dir))
+    _folder_path(
+        "--cache-dir" if cfg.cache_dir else "the cache folder", Path(cfg.cache_dir or default_cache_dir())
+    )
+    if cfg.anchor_file:
+        anchor = Path(cfg.anchor_file)
+        if anchor.is_dir():
+            raise MMFedError(
+                f"--anchor-file {anchor}: is a folder; give a file (e.g. {anchor / 'anchors.jsonl'}) "
+                "(nothing was changed)"
+            )
+        _folder_path("--anchor-file's folder", anchor.parent)
+
+
 def check_run_files(cfg: FederationConfig) -> None:
     """The files a run reads, checked now rather than after the sites have trained a round."""
-    if cfg.initial_model and not Path(cfg.initial_model).is_file():
-        raise MMFedError(f"initial-model {cfg.initial_model}: no such file")
+    if cfg.initial_model:
+        check_checkpoint_file(Path(cfg.initial_model))
     if cfg.server_test_dir:
         if not (Path(cfg.server_test_dir) / "manifest.csv").is_file():
             raise MMFedError(f"server-test-dir {cfg.server_test_dir}: no manifest.csv there")
         check_site_files(Path(cfg.server_test_dir))
+
+
+def check_resources(cpus_per_site: float, gpus_per_site: float, ray_address: str | None = None) -> None:
+    """What Ray reserves per simulated site: refused now, not after Ray has started and waits forever for
+    a site it can never place (more CPUs or GPUs than the machine has) or fails on a negative count."""
+    import math
+    import os
+
+    if not (math.isfinite(cpus_per_site) and cpus_per_site > 0):
+        raise MMFedError(f"--cpus-per-site {cpus_per_site:g}: must be a number > 0, e.g. 1 or 0.5")
+    if not (math.isfinite(gpus_per_site) and gpus_per_site >= 0):
+        raise MMFedError(
+            f"--gpus-per-site {gpus_per_site:g}: must be a number >= 0, e.g. 0.25 (4 sites a GPU)"
+        )
+    if ray_address:  # a cluster's resources are its own: Ray says what it lacks
+        return
+    cpus = os.cpu_count() or 1
+    if cpus_per_site > cpus:
+        raise MMFedError(
+            f"--cpus-per-site {cpus_per_site:g}: this machine has {cpus} CPUs; give at most {cpus} "
+            "(a site that needs more would never start)"
+        )
+    if gpus_per_site > 0:
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if gpus_per_site > gpus:
+            has = f"has {gpus} GPU{'s' if gpus != 1 else ''}" if gpus else "has no GPU (none CUDA can see)"
+            fix = f"give at most {gpus}" if gpus else "leave it at 0"
+            raise MMFedError(
+                f"--gpus-per-site {gpus_per_site:g}: this machine {has}; {fix} (a site that needs more "
+                "would never start)"
+            )
 
 
 def prepare_simulation(config: Path | None, options: dict[str, Any]) -> FederationConfig:
@@ -57,6 +139,7 @@ def prepare_simulation(config: Path | None, options: dict[str, Any]) -> Federati
             "--state-dir", cfg.state_dir, reads, folder=True, instead="choose another --state-dir"
         )
     refuse_cache_dir(cfg.cache_dir or None)
+    check_run_paths(cfg, target)
     check_run_files(cfg)
     cfg = natural_sites(cfg, sites_given="sites" in options)
 

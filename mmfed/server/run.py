@@ -24,10 +24,13 @@ from mmfed.federation.config import FederationConfig
 from mmfed.federation.encoder_groups import parameter_groups
 from mmfed.federation.params import get_weights, set_weights
 from mmfed.federation.run_task import run_task
+from mmfed.files import WriteError
 from mmfed.models import build_model
 from mmfed.runs import new_run_dir
+from mmfed.server.lost_sites import SiteNamingGrid
 from mmfed.server.plots import write_plots
 from mmfed.server.prepare import natural_sites
+from mmfed.server.resume import Resume
 from mmfed.server.rundir import RunDir
 from mmfed.server.strategy import RunRecorder, build_strategy
 from mmfed.task import Task
@@ -50,15 +53,39 @@ def wait_for_sites(grid: Grid, minimum: int, timeout_s: float) -> int:
 
 def _check_same_task(run_dir: RunDir, task: Task) -> None:
     """A resumed run must train the task it started with (a task file is read anew on every start)."""
-    import json
-
-    saved = run_dir.path / "config.json"
-    before = json.loads(saved.read_text()).get("task_hash") if saved.exists() else None
+    before = (run_dir.saved or {}).get("task_hash")
     if before is not None and before != task.approval():
         raise MMFedError(
             f"{run_dir.path}: cannot resume: the task changed since the run started ({before} -> "
             f"{task.approval()}); restore the task file or start a new --run-dir"
         )
+
+
+def _check_rounds(run_dir: RunDir, cfg: FederationConfig, done: int) -> None:
+    """A resumed run has rounds left to train, or a summary left to write (a crash after the last round)."""
+    more = f"to train more, resume with more rounds (--rounds N, N > {done}), or start a new --run-dir"
+    if done > cfg.rounds:
+        raise MMFedError(f"{run_dir.path}: it has done {done} rounds, more than rounds={cfg.rounds}; {more}")
+    if done == cfg.rounds and run_dir.summary().get("rounds_completed") == done:
+        raise MMFedError(f"{run_dir.path}: the run already completed its {done} rounds; {more}")
+
+
+def open_run(cfg: FederationConfig) -> tuple[Task, Any, RunDir, Resume]:
+    """The task, its model (initial weights), the run directory and where the run continues from: all of
+    it checked before anything is written, so that `mmfed simulate` can refuse before Ray starts."""
+    task = run_task(cfg)  # the task only: a deployed server has none of the sites' data (and needs none)
+    seed_everything(cfg.seed)
+    model = build_model(task.model_config())
+    if cfg.initial_model:
+        # e.g. `mmfed train` on public data: the usual way to make DP fine-tuning work on small sites
+        load_checkpoint(model, Path(cfg.initial_model))
+    run_dir = RunDir(cfg.run_dir or new_run_dir("fed", cfg.scenario), cfg, list(model.state_dict()))
+    plan = Resume()
+    if run_dir.existing:
+        _check_same_task(run_dir, task)
+        plan = run_dir.plan_resume(get_weights(model))
+        _check_rounds(run_dir, cfg, plan.done)
+    return task, model, run_dir, plan
 
 
 def _server_evaluator(cfg: FederationConfig, task: Task) -> Callable[[list], dict[str, float]] | None:
@@ -100,20 +127,11 @@ def run_server(
 ) -> dict[str, Any]:
     if _simulated(grid):  # natural sites decide how many there are; deployed, whoever connects is a site
         cfg = natural_sites(cfg, flwr=True)
-    # the task only: a deployed server has none of the sites' data (and needs none)
-    task = run_task(cfg)
+    task, model, run_dir, plan = open_run(cfg)
     model_cfg = task.model_config()
-    seed_everything(cfg.seed)
-    model = build_model(model_cfg)
-    if cfg.initial_model:
-        # e.g. `mmfed train` on public data: the usual way to make DP fine-tuning work on small sites
-        load_checkpoint(model, Path(cfg.initial_model))
-    run_dir = RunDir(cfg.run_dir or new_run_dir("fed", cfg.scenario), cfg, list(model.state_dict()))
-    done = run_dir.last_round() if cfg.resume else 0
-    _check_same_task(run_dir, task)
-    initial = run_dir.load_round(done) if done else get_weights(model)
-    if done:
-        run_dir.drop_metrics_after(done)
+    done = plan.done
+    initial = plan.weights if plan.weights is not None else get_weights(model)
+    run_dir.start_resume(plan)
     run_dir.write_config(
         cfg,
         {
@@ -122,7 +140,7 @@ def run_server(
             "data": to_jsonable(task.data),
             "task": task.to_dict(),
             "task_hash": task.approval(),
-            "resume_info": {"from_round": done},
+            "resume_info": {"from_round": done, **({"recovered": plan.note} if plan.note else {})},
         },
     )
     strategy = build_strategy(
@@ -145,7 +163,15 @@ def run_server(
             context=context, config=ServerConfig(num_rounds=cfg.rounds - done), strategy=strategy
         )
         fit_workflow = secagg.workflow(cfg) if cfg.secure_aggregation else None
-        DefaultWorkflow(fit_workflow=fit_workflow)(grid, context)
+        try:
+            # a site whose worker died mid-round is named in the round's rows (mmfed.server.lost_sites)
+            DefaultWorkflow(fit_workflow=fit_workflow)(SiteNamingGrid(grid), context)
+        except WriteError as exc:  # a full disk: every file as it was, the run resumable
+            raise MMFedError(
+                f"{exc}; the run keeps round {run_dir.last_round()}, its last complete one: continue it "
+                "with --resume"
+            ) from None
+        run_dir.commit()  # the last round, when no evaluation row came to commit it
     summary = summarize(run_dir, cfg, strategy)
     write_plots(run_dir.metrics(), run_dir.path, title=f"{task.name}, {cfg.sites} sites")
     if strategy.stopped:

@@ -1,7 +1,9 @@
 """The site side of a run: a NumPyClient that trains on the site's own data and returns a delta.
 
 This module imports no torch: a SuperNode runs every message in a fresh process, and SecAgg+'s key and
-unmask stages never train, so only fit and evaluate pay for importing the model code.
+unmask stages never train, so only fit and evaluate pay for importing the model code — and none of them
+where the site runs its warm worker (`mmfed site serve`, mmfed.site.worker): fit and evaluate are handed
+to it over the site's socket, SecAgg+'s masking staying here.
 
 One ClientApp serves plain and SecAgg+ servers: `secaggplus_mod` expects its config record on every
 train message and fails (KeyError 'secaggplus_configs') against a plain server, so it is only entered
@@ -51,14 +53,19 @@ FAILURES = {
     "training": "local training diverged (loss NaN/inf); lower lr",
     "secagg-range": "the update does not fit SecAgg+'s range; raise secagg-clipping-range (or lower lr)",
     "secagg-weight": "the site's FedAvg weight is above secagg-max-examples; raise that setting",
+    "worker": "the site's worker stopped during this message (see the site's log)",
     "internal": "internal error at the site",
 }
+_NO_WORKER: set[str] = set()  # the sockets this process already said no worker serves
 
 
 def failure_code(exc: BaseException) -> str:
     from mmfed.errors import ConfigError, DataError, ManifestError
     from mmfed.federation.secagg import SecAggRangeError
+    from mmfed.site.wire import WireError, WorkerLost
 
+    if isinstance(exc, WorkerLost | WireError):
+        return "worker"
     if isinstance(exc, SecAggRangeError):
         return exc.code
     if isinstance(exc, DataError | ManifestError | FileNotFoundError):
@@ -73,9 +80,11 @@ def failure_code(exc: BaseException) -> str:
 
 
 class SiteClient(NumPyClient):
-    def __init__(self, cfg: FederationConfig, node_config: dict[str, Any]):
+    def __init__(self, cfg: FederationConfig, node_config: dict[str, Any], *, local: bool = False):
+        """`local`: run here, never hand the message to the site's worker (the worker's own client)."""
         self.cfg = cfg
         self.node_config = node_config
+        self.local = local
 
     def _home(self, runtime) -> Path | None:
         if runtime is not None:
@@ -109,6 +118,20 @@ class SiteClient(NumPyClient):
         return outcome
 
     def fit(self, parameters, config):
+        forwarded = self._forward("fit", parameters, config)
+        if forwarded is not None:
+            return forwarded
+        with self._files():
+            return self._fit_here(parameters, config)
+
+    def evaluate(self, parameters, config):
+        forwarded = self._forward("evaluate", parameters, config)
+        if forwarded is not None:
+            return forwarded
+        with self._files():
+            return self._evaluate_here(parameters, config)
+
+    def _fit_here(self, parameters, config):
         server_round = int(config.get("server-round", 0))
         run_id = str(config.get("run-id", ""))
         name = site_label(self.node_config)
@@ -144,7 +167,7 @@ class SiteClient(NumPyClient):
                 raise SiteDropout(outcome.to_text()) from None
             return [], 0, outcome.to_metrics()
 
-    def evaluate(self, parameters, config):
+    def _evaluate_here(self, parameters, config):
         from mmfed.site.loading import load_site, message_task
 
         name = site_label(self.node_config)
@@ -156,6 +179,55 @@ class SiteClient(NumPyClient):
         except Exception as exc:  # noqa: BLE001 - reported as this site's, with a code
             outcome = self._report(runtime, name, exc, run_id=str(config.get("run-id", "")), stage="evaluate")
             return 0.0, 0, outcome.to_metrics()
+
+    # -- a deployed site's warm worker (mmfed.site.worker, `mmfed site serve`) ----------------------------
+    def _forward(self, op: str, parameters, config):
+        """The reply of the site's worker, when one serves this site; None: none does, run here. Only
+        training and evaluation go there; SecAgg+'s masking stays in this process."""
+        home = None if self.local else self._home(None)
+        if home is None:
+            return None
+        from mmfed.site import wire
+
+        masked, name = _MASKED.get(), site_label(self.node_config)
+        request = {"op": op, "run_config": self.cfg.to_run_config(), "config": dict(config),
+                   "site_dir": str(self.node_config["site-dir"]), "masked": masked}  # fmt: skip
+        try:
+            reply = wire.request(wire.socket_path(home), request, list(parameters))
+            if reply is None:
+                if str(home) not in _NO_WORKER:
+                    _NO_WORKER.add(str(home))
+                    log.info("site %s: no site worker (mmfed site serve); training in this process", name)
+                return None
+            (header, arrays), metrics = reply, reply[0].get("metrics") or {}
+            if header.get("kind") == "result" and op == "fit":
+                return arrays, int(header["examples"]), metrics
+            if header.get("kind") == "result":
+                return float(header["loss"]), int(header["examples"]), metrics
+            if header.get("kind") != "outcome":
+                kind = str(header.get("kind"))[:40]
+                raise wire.WireError(f"the worker replied {kind!r}: {header.get('message')}")
+            outcome = SiteOutcome(**header["outcome"])
+        except (wire.WorkerLost, wire.WireError, KeyError, TypeError, ValueError) as exc:
+            if not isinstance(exc, wire.WorkerLost | wire.WireError):  # a reply without its fields
+                exc = wire.WireError(f"the site worker's reply is malformed ({type(exc).__name__}: {exc})")
+            where = {"round": config.get("server-round")} if op == "fit" else {"stage": "evaluate"}
+            outcome = self._report(None, name, exc, run_id=str(config.get("run-id", "")), **where)
+        if op == "fit" and masked:  # as in-process: SecAgg+ has no empty update, the site drops out
+            raise SiteDropout(outcome.to_text())
+        return ([], 0, outcome.to_metrics()) if op == "fit" else (0.0, 0, outcome.to_metrics())
+
+    def _files(self):
+        """Deployed, in this process: the site's file identity cache (in its home), so that unchanged files
+        are not read again (mmfed.data.file_identity); the worker keeps its own in memory."""
+        import contextlib
+
+        from mmfed.data import file_identity
+
+        home = None if self.local else self._home(None)
+        if home is None:
+            return contextlib.nullcontext()
+        return file_identity.using(home / file_identity.STATE_FILE)
 
 
 def own_anchor(config: dict[str, Any], site: str) -> str:

@@ -46,12 +46,44 @@ class Progress:
     on_epoch: Callable[[int, dict[str, Any]], None] | None = None
 
 
-def prepare_run_dir(run_dir: Path) -> Path:
-    """A new or empty directory: an earlier run's results are never overwritten."""
+def check_run_dir(run_dir: Path) -> None:
+    """Refused now (before any data is read) unless `run_dir` can become this run's directory: a new or
+    empty folder, not a file, not under one; an earlier run's results are never overwritten."""
     run_dir = Path(run_dir)
+    for part in (run_dir, *run_dir.parents):
+        if part.exists() and not part.is_dir():
+            what = "is a file" if part == run_dir else f"is under {part}, a file"
+            raise MMFedError(f"--run-dir {run_dir}: {what}; choose a new --run-dir (nothing was changed)")
+        if part.exists():
+            break
     claim_run_dir(run_dir)
+
+
+def prepare_run_dir(run_dir: Path) -> tuple[Path, Path | None]:
+    """A new or empty directory: an earlier run's results are never overwritten. Returns it and the
+    topmost folder this call created (None: it was there, empty), what a failed run removes again."""
+    run_dir = Path(run_dir)
+    check_run_dir(run_dir)
+    created = next(
+        (p for p in reversed((run_dir, *run_dir.parents)) if not p.exists()), None
+    )  # the first missing folder from the top: mkdir creates it and everything below
     run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
+    return run_dir, created
+
+
+def _undo_run_dir(run_dir: Path, created: Path | None) -> None:
+    """After a failed run: remove what it wrote, so that the same --run-dir can be used again. A folder
+    the run created goes; one that was there (empty) stays, emptied of what the run wrote in it."""
+    import shutil
+
+    try:
+        if created is not None:
+            shutil.rmtree(created)
+        else:
+            for child in run_dir.iterdir():
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    except OSError:  # what cannot be removed stays; the run's own error is the one to report
+        pass
 
 
 def versions() -> dict[str, str]:
@@ -89,7 +121,24 @@ def train_centralized(
         scenario.spec, modalities=mods, num_classes=len(scenario.labels), **(model_options or {})
     )
     model_cfg.validate()
-    run_dir = prepare_run_dir(run_dir)
+    run_dir, created = prepare_run_dir(run_dir)
+    try:
+        return _train(scenario, run_dir, mods, model_cfg, train, on_bad_row, cache_dir, progress)
+    except BaseException:  # an error, the loss diverging, Ctrl-C: nothing half-written blocks a retry
+        _undo_run_dir(run_dir, created)
+        raise
+
+
+def _train(
+    scenario: Scenario,
+    run_dir: Path,
+    mods: tuple[str, ...],
+    model_cfg: ModelConfig,
+    train: TrainConfig,
+    on_bad_row: str,
+    cache_dir: Path | None,
+    progress: Progress,
+) -> dict[str, Any]:
     device = select_device(train.device)
     seed_everything(train.seed)
 
