@@ -38,10 +38,24 @@ def load_checkpoint(model: nn.Module, path: Path) -> dict[str, Any]:
     if not path.exists():
         raise MMFedError(f"{path}: checkpoint not found")
     state = load_file(str(path))
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise MMFedError(f"{path}: checkpoint does not fit this model configuration ({exc})") from exc
+    mine = model.state_dict()
+    missing, unexpected = sorted(set(mine) - set(state)), sorted(set(state) - set(mine))
+    reshaped = sorted(k for k in set(mine) & set(state) if tuple(mine[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or reshaped:
+        parts = [
+            f"{len(names)} {what} (e.g. {names[0]})"
+            for names, what in (
+                (missing, "missing"),
+                (unexpected, "unexpected"),
+                (reshaped, "of another shape"),
+            )
+            if names
+        ]
+        raise MMFedError(
+            f"{path}: these weights are of another model ({', '.join(parts)}); give weights trained with "
+            "the same task and model settings"
+        )
+    model.load_state_dict(state, strict=True)
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as fh:

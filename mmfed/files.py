@@ -27,9 +27,7 @@ class WriteError(MMFedError, OSError):
         self.path, self.reason, self.kept = Path(path), reason, kept
 
     def __str__(self) -> str:
-        full = self.errno in (errnos.ENOSPC, errnos.EFBIG, errnos.EDQUOT)
-        hint = "; free some space and run it again" if full else ""
-        return f"{self.path}: could not be written ({self.reason}); {self.kept}{hint}"
+        return f"{self.path}: could not be written ({self.reason}); {self.kept}"
 
 
 def _write_all(fd: int, data: bytes) -> None:

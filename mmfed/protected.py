@@ -94,6 +94,24 @@ def refuse_protected(
             raise MMFedError(f"{option} {shown}: {what}; {instead}")
 
 
+def check_target(option: str, path: Path | str | None, *, folder: bool = False) -> None:
+    """A path a command will write (a report file, or a folder of plots) has the right shape, checked before
+    the command's work: not a folder where a file goes, not a file where a folder goes, and nothing on the
+    way to it a file. Missing folders on the way are fine (they are created)."""
+    if path is None:
+        return
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise MMFedError(f"{option} {path}: is a file; give a folder (nothing was written)")
+    if not folder and path.is_dir():
+        raise MMFedError(f"{option} {path}: is a folder; give a file name, e.g. {path / 'report.md'}")
+    for part in path.parents:
+        if part.exists():
+            if not part.is_dir():
+                raise MMFedError(f"{option} {path}: {part} is a file, not a folder (nothing was written)")
+            return
+
+
 def manifest_files(site_dir: Path) -> list[Path]:
     """The files a site's manifest names (its image, audio, video cells): what `data check` reads."""
     from mmfed.data.manifest import FILE_MODALITIES, MANIFEST_NAME

@@ -484,6 +484,43 @@ def _unmounted(run: Callable[[Path, list[str]], Run]):
     return wrapped
 
 
+def _second_server_setup(work: Path) -> list[str]:
+    base(work)
+    return [*ARGS, "--resume", "--rounds", "6"]
+
+
+def _second_server(work: Path, args: list[str]) -> Run:
+    """A second `mmfed simulate --resume` of the run directory while the first is running it."""
+    import fcntl
+
+    def locked(_: Path) -> bool:  # the first run's server holds the run directory
+        fd = os.open(work / RUN, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    second: list[Run] = []
+    first, left = watched(work, args, trigger=locked, action=lambda _: second.append(mmfed(work, args)))
+    NOTES[str(work)] = {"first": first, "left": left}
+    if not second:
+        return Run(first.code, first.output + "\n[the first run never held the directory]", first.seconds)
+    return Run(0 if second[0].code == 2 else 3, first.output + "\n" + second[0].output, first.seconds)
+
+
+def _second_server_check(work: Path, run: Run) -> str | None:
+    notes = NOTES.get(str(work), {})
+    if "another mmfed run is using this run directory" not in run.output or run.code != 0:
+        return f"the second run was not refused: {run.output.strip()[-200:]}"
+    return finished(notes["first"], work / RUN, 6) or (
+        f"left running: {notes['left']}" if notes["left"] else None
+    )
+
+
 CHECKPOINT_FULL = _on_full_disk(leave=128 * 1024)
 CONFIG_FULL = _on_full_disk(leave=0)
 PLAIN_KILL = _site_killed(())
@@ -577,6 +614,14 @@ CASES = [
         mutable=(RUN, "home"),
     ),
     Case(
+        "a second server resuming a run directory in use",
+        _second_server_setup,
+        expect="ok",
+        run=_second_server,
+        check=_second_server_check,
+        mutable=(RUN, "home"),
+    ),
+    Case(
         "disk full during a checkpoint write (tmpfs)",
         CHECKPOINT_FULL[0],
         run=_unmounted(CHECKPOINT_FULL[1]),
@@ -600,12 +645,14 @@ CASES = [
         "file-size limit during the sites' ledger writes (RLIMIT_FSIZE on the site workers)",
         _site_ledger_limit,
         run=_limit_site_ledgers,
-        wants="min-sites",
+        wants="ledger.jsonl: could not be written (File too large)",
         mutable=(
-            f"{RUN}/config.json",
-            f"{RUN}/metrics.jsonl",
-            f"{RUN}/sites/site_00000/state/site-log.jsonl",
-            f"{RUN}/sites/site_00001/state/site-log.jsonl",
+            *(
+                f"{RUN}/{name}"
+                for name in ("config.json", "metrics.jsonl", "summary.json", "global_metrics.png")
+            ),
+            f"{RUN}/site_accuracy.png",
+            *(f"{RUN}/sites/site_0000{i}/state/site-log.jsonl" for i in range(2)),
         ),
     ),
 ]

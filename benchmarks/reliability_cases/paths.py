@@ -170,6 +170,12 @@ def _audit_output_missing_folder(work: Path) -> list[str]:
     return ["audit", "site_a", "--format", "json", "--output", "reports/2025/audit.json"]
 
 
+def _audit_output_under_file(work: Path) -> list[str]:
+    _audited_site(work)
+    (work / "notes.txt").write_text("mine\n")
+    return ["audit", "site_a", "--format", "json", "--output", "notes.txt/audit.json"]
+
+
 def _audit_output_is_dir(work: Path) -> list[str]:
     _audited_site(work)
     (work / "report").mkdir()
@@ -335,7 +341,13 @@ CASES = [
     Case(
         "audit --plots in a missing folder", _audit_plots_in_missing_folder, expect="ok", mutable=("plots",)
     ),  # fmt: skip
-    Case("audit --output into a missing folder", _audit_output_missing_folder, wants="reports"),
+    Case(
+        "audit --output into a missing folder (created)",
+        _audit_output_missing_folder,
+        expect="ok",
+        mutable=("reports",),
+    ),  # fmt: skip
+    Case("audit --output under a file", _audit_output_under_file, wants="notes.txt"),
     Case("audit --output is a folder", _audit_output_is_dir, wants="report"),
     Case("audit a folder holding no ledger", _audit_no_ledger, wants="empty"),
     Case("audit a path that does not exist", _audit_missing, wants="no_such_site"),

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from mmfed.cli.common import console
 from mmfed.errors import MMFedError
-from mmfed.protected import refuse_protected
+from mmfed.protected import check_target, refuse_protected
 from mmfed.screens import fail
 
 
@@ -43,6 +43,9 @@ def audit(
         fail(MMFedError(f"--format {format!r}: use text, md, html or json"))
     try:
         found = find_ledgers(paths)
+        if public_key and not public_key.is_file():
+            what = "is a folder" if public_key.is_dir() else "no such file"
+            raise MMFedError(f"--public-key {public_key}: {what}; give the site's {site_keys.PUBLIC_KEY}")
         if public_key and len(found) > 1:
             raise MMFedError("--public-key applies to one ledger; audit site directories to use their keys")
         reads = [
@@ -57,6 +60,8 @@ def audit(
         refuse_protected(
             "--plots", plots, reads, folder=True, writes=plot, instead="write the plots elsewhere"
         )
+        check_target("--output", output)  # before the audit: never a report lost at the end
+        check_target("--plots", plots, folder=True)
         audits = [audit_ledger(path, home, public_key, thorough) for path, home in found]
         if anchors:
             checked = check_anchors(audits, anchors)
@@ -73,7 +78,12 @@ def audit(
             "json": report.as_json,
         }[format](audits)
         if output:
-            output.write_text(text)
+            from mmfed.files import write_atomic
+
+            try:
+                write_atomic(output, text)  # its folder created; a failed write leaves what was there
+            except MMFedError as exc:
+                fail(exc)
         else:
             print(text)
     if plots:

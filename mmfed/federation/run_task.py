@@ -63,7 +63,7 @@ def run_scenario(cfg: FederationConfig, task: Task) -> Scenario:
 def site_dir_list(value: str) -> list[Path]:
     sites = [Path(p.strip()).resolve() for p in value.split(",") if p.strip()]
     if not sites:
-        raise ConfigError("site-dirs", "name at least one site directory, e.g. site-dirs = \"a,b\"")
+        raise ConfigError("site-dirs", 'name at least one site directory, e.g. site-dirs = "a,b"')
     missing = [str(p) for p in sites if not p.is_dir()]
     if missing:
         raise ConfigError("site-dirs", f"{missing[0]} is not a directory")

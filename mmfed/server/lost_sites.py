@@ -6,16 +6,23 @@ node (`Error(code=0, reason="<class 'ray.exceptions.ActorDiedError'>...")`). The
 node's earlier replies, which carry the site's name: this grid remembers the name of every node that
 replied and rewrites such an error into that site's failure, code `worker`. A node that never replied
 stays unknown.
+
+It also stops waiting for replies when the process is exiting (its main thread is done: Ctrl-C of `mmfed
+simulate`, after which the simulation engine answers nothing): the ServerApp's thread ends instead of
+holding the process open for ever.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
 from flwr.app import Error, Message
 from flwr.serverapp import Grid
 
+from mmfed.errors import MMFedError
 from mmfed.federation.outcome import MARKER, SiteOutcome
 
 
@@ -76,4 +83,17 @@ class SiteNamingGrid(Grid):
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        return self._name(self.grid.send_and_receive(messages, timeout=timeout))
+        """Grid.send_and_receive (push, then pull until every reply is in or `timeout` has passed), giving
+        up when the process exits."""
+        waiting = set(self.grid.push_messages(messages))
+        end = None if timeout is None else time.monotonic() + timeout
+        replies: list[Message] = []
+        while waiting and (end is None or time.monotonic() < end):
+            if not threading.main_thread().is_alive():
+                raise MMFedError("the simulation was interrupted; the server stopped waiting for the sites")
+            found = self.pull_messages(waiting)
+            replies += found
+            waiting -= {m.metadata.reply_to_message_id for m in found}
+            if waiting:
+                time.sleep(getattr(self.grid, "pull_interval", 0.1))
+        return replies

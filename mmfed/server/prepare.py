@@ -52,9 +52,10 @@ def check_checkpoint_file(path: Path) -> None:
         ) from None
 
 
-def _folder_path(option: str, path: Path) -> None:
-    """`path` is a folder, or can become one: neither it nor the nearest existing folder above is a file."""
-    for part in (path, *path.parents):
+def _folder_path(option: str, path: Path, file: bool = False) -> None:
+    """`path` is a folder, or can become one: neither it nor the nearest existing folder above is a file.
+    `file`: `path` is a file to be written, only its folders are checked."""
+    for part in path.parents if file else (path, *path.parents):
         if part.exists():
             if not part.is_dir():
                 where = "is a file" if part == path else f"is under {part}, which is a file"
@@ -80,7 +81,7 @@ def check_run_paths(cfg: FederationConfig, run_dir: Path) -> None:
                 f"--anchor-file {anchor}: is a folder; give a file (e.g. {anchor / 'anchors.jsonl'}) "
                 "(nothing was changed)"
             )
-        _folder_path("--anchor-file's folder", anchor.parent)
+        _folder_path("--anchor-file", anchor, file=True)
 
 
 def check_run_files(cfg: FederationConfig) -> None:

@@ -6,6 +6,7 @@ the command line) call `run_server`, so simulation and deployment cannot drift a
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +32,7 @@ from mmfed.server.lost_sites import SiteNamingGrid
 from mmfed.server.plots import write_plots
 from mmfed.server.prepare import natural_sites
 from mmfed.server.resume import Resume
-from mmfed.server.rundir import RunDir
+from mmfed.server.rundir import RunDir, held
 from mmfed.server.strategy import RunRecorder, build_strategy
 from mmfed.task import Task
 from mmfed.train.loop import evaluate, make_loader, seed_everything, select_device
@@ -43,6 +44,8 @@ def wait_for_sites(grid: Grid, minimum: int, timeout_s: float) -> int:
         count = len(list(grid.get_node_ids()))
         if count >= minimum:
             return count
+        if not threading.main_thread().is_alive():  # the process is exiting (Ctrl-C): stop waiting
+            raise MMFedError("the simulation was interrupted while waiting for sites")
         if time.monotonic() > deadline:
             raise MMFedError(
                 f"only {count} site(s) connected after {timeout_s:.0f}s, fewer than min-sites={minimum}; "
@@ -127,6 +130,15 @@ def run_server(
 ) -> dict[str, Any]:
     if _simulated(grid):  # natural sites decide how many there are; deployed, whoever connects is a site
         cfg = natural_sites(cfg, flwr=True)
+    if not cfg.run_dir:
+        cfg = cfg.replace(run_dir=str(new_run_dir("fed", cfg.scenario)))
+    with held(Path(cfg.run_dir), create=not cfg.resume):  # one run at a time in a run directory
+        return _run(grid, context, cfg, on_round)
+
+
+def _run(
+    grid: Grid, context: Any, cfg: FederationConfig, on_round: Callable[[dict[str, Any]], None] | None
+) -> dict[str, Any]:
     task, model, run_dir, plan = open_run(cfg)
     model_cfg = task.model_config()
     done = plan.done
@@ -168,8 +180,8 @@ def run_server(
             DefaultWorkflow(fit_workflow=fit_workflow)(SiteNamingGrid(grid), context)
         except WriteError as exc:  # a full disk: every file as it was, the run resumable
             raise MMFedError(
-                f"{exc}; the run keeps round {run_dir.last_round()}, its last complete one: continue it "
-                "with --resume"
+                f"{exc}; the run keeps round {run_dir.last_round()}, its last complete one: once there is "
+                "space, continue it with --resume"
             ) from None
         run_dir.commit()  # the last round, when no evaluation row came to commit it
     summary = summarize(run_dir, cfg, strategy)

@@ -8,15 +8,20 @@ failed write (a full disk) leaves every file as it was and raises mmfed.files.Wr
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
+import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mmfed.checkpoint import save_arrays
+from mmfed.errors import MMFedError
 from mmfed.federation.config import FederationConfig
 from mmfed.files import append, write_atomic
 from mmfed.server.resume import (
@@ -34,7 +39,7 @@ from mmfed.server.resume import (
 ANCHORS = "anchors.jsonl"
 log = logging.getLogger("mmfed.federation")
 
-__all__ = ["ANCHORS", "LATEST", "RunDir", "read_anchors"]
+__all__ = ["ANCHORS", "LATEST", "RunDir", "held", "read_anchors"]
 
 
 def read_anchors(path: Path) -> dict[str, dict[str, Any]]:
@@ -48,6 +53,33 @@ def read_anchors(path: Path) -> dict[str, dict[str, Any]]:
             except (ValueError, KeyError, TypeError):
                 continue
     return last
+
+
+@contextlib.contextmanager
+def held(path: Path, create: bool = True) -> Iterator[None]:
+    """One run at a time in a run directory: an exclusive lock on the directory itself for the block,
+    refused at once when another process holds it. `create`: make the directory first (a new run);
+    without, a directory that is not there is not locked (the checks refuse it, or a new run makes it)."""
+    path = Path(path)
+    if create and not path.exists():
+        path.mkdir(parents=True)
+    if not path.is_dir():
+        yield
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise MMFedError(
+                f"{path}: another mmfed run is using this run directory now; wait for it to end, or choose "
+                "another --run-dir (nothing was changed)"
+            ) from None
+        except OSError:
+            pass  # a file system without locks (some network ones): run unguarded, as before
+        yield
+    finally:
+        os.close(fd)  # and the lock with it
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -93,7 +125,7 @@ class RunDir:
                 "federation": cfg.to_run_config(),
                 "identity": cfg.identity_hash(),
                 "run_id": uuid.uuid4().hex,  # what the sites' privacy ledgers name this run by
-                **{k: v for k, v in extra.items() if k != "resume_info"},
+                **extra,
             }
         _write_json(target, data)  # first: a directory with checkpoints always says what made them
         self.checkpoints.mkdir(parents=True, exist_ok=True)

@@ -8,10 +8,12 @@ and a killed site worker is restarted by Ray for the rounds after (the round it 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from mmfed.errors import MMFedError
@@ -58,8 +60,11 @@ def simulate(
     from flwr.simulation import run_simulation
 
     from mmfed.server.run import open_run
+    from mmfed.server.rundir import held
 
-    open_run(cfg)  # reads only; the ServerApp opens it again, as under `flwr run`
+    guard = held(Path(cfg.run_dir), create=False) if cfg.run_dir else contextlib.nullcontext()
+    with guard:  # refused now if another run is using it
+        open_run(cfg)  # reads only; the ServerApp opens it again, as under `flwr run`
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     # each simulated site uses as many torch threads as the CPUs it was given, not the machine's
     os.environ["OMP_NUM_THREADS"] = str(max(1, int(cpus_per_site)))

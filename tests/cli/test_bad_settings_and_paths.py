@@ -340,3 +340,108 @@ def test_check_resources_takes_a_cluster_at_its_word():
     check_resources(4096, 64, ray_address="auto")  # a cluster's resources are its own
     with pytest.raises(MMFedError, match="--cpus-per-site"):
         check_resources(0, 0, ray_address="auto")
+
+
+# -- folders and files a run writes, refused before Ray starts --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "make", "names"),
+    [
+        ("--run-dir", "under file", "is under"),
+        ("--state-dir", "file", "--state-dir"),
+        ("--cache-dir", "file", "--cache-dir"),
+        ("--anchor-file", "folder", "--anchor-file"),
+        ("--anchor-file", "under file", "which is a file"),
+    ],
+)
+def test_a_run_path_of_the_wrong_shape_is_refused_before_ray(tmp_path, no_simulation, option, make, names):
+    (tmp_path / "a_file").write_text("mine\n")
+    (tmp_path / "a_folder").mkdir()
+    path = {
+        "under file": tmp_path / "a_file" / "x",
+        "file": tmp_path / "a_file",
+        "folder": tmp_path / "a_folder",
+    }
+    args = ["simulate", "--scenario", "synthetic", "--sites", "2", "--samples-per-site", "8"]
+    run_dir = ["--run-dir", tmp_path / "run"] if option != "--run-dir" else []
+    result = invoke(*args, *run_dir, option, path[make])
+    assert_refused(result, names, str(path[make]))
+    assert (tmp_path / "a_file").read_text() == "mine\n" and not (tmp_path / "run").exists()
+
+
+# -- a site's keys -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def site_home(tmp_path):
+    site = synthetic_site(tmp_path / "data", 0, samples=12, modalities="image")
+    assert invoke("site", "init", "--dir", site).exit_code == 0
+    return site
+
+
+def replace_private_key(site, data: bytes) -> None:
+    private = site / "keys" / "ledger-signing.pem"
+    private.unlink()
+    fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+
+
+def test_a_private_key_that_is_not_the_sites_public_keys_is_refused(site_home):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    replace_private_key(site_home, pem(Ed25519PrivateKey.generate()))
+    result = invoke("site", "check", "--dir", site_home)
+    assert_refused(result, "is not the private key of", "rotate-key", "--lost")
+
+
+def test_a_password_protected_site_key_is_named_as_such(site_home):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    replace_private_key(site_home, pem(Ed25519PrivateKey.generate(), b"secret"))
+    assert_refused(invoke("site", "check", "--dir", site_home), "password-protected")
+
+
+def test_a_site_key_that_is_a_folder_is_named_as_such(site_home):
+    private = site_home / "keys" / "ledger-signing.pem"
+    private.unlink()
+    private.mkdir()
+    assert_refused(invoke("site", "check", "--dir", site_home), "a folder, not the site's private key")
+
+
+# -- audit's outputs, checked before the audit ---------------------------------------------------------------
+
+
+def test_audit_output_and_plots_of_the_wrong_shape_are_refused_before_any_report(site_home, tmp_path):
+    (tmp_path / "a_file").write_text("mine\n")
+    (tmp_path / "a_folder").mkdir()
+    for args, names in [
+        (["--output", tmp_path / "a_folder"], "--output"),
+        (["--output", tmp_path / "a_file" / "audit.md"], "is a file, not a folder"),
+        (["--plots", tmp_path / "a_file"], "--plots"),
+    ]:
+        result = invoke("audit", site_home, "--format", "md", *args)
+        assert_refused(result, *names.split("|"))
+        assert "# " not in result.output  # refused before the report, not after printing it
+    assert (tmp_path / "a_file").read_text() == "mine\n" and not any((tmp_path / "a_folder").iterdir())
+
+
+def test_audit_output_into_a_missing_folder_creates_it(site_home, tmp_path):
+    report = tmp_path / "reports" / "2025" / "audit.json"
+    result = invoke("audit", site_home, "--format", "json", "--output", report)
+    assert result.exit_code == 0, result.output
+    assert report.read_text().lstrip().startswith(("{", "["))
+
+
+@pytest.mark.parametrize("kind", ["missing", "folder"])
+def test_audit_public_key_that_is_no_file_is_named(site_home, tmp_path, kind):
+    from mmfed.privacy import ledger, site_keys
+
+    fields = {"run_id": "run-1", "round": 1, "data_fingerprint": "sha256:" + "ab" * 32, "epsilon_prv": 0.1}
+    ledger.append(site_home / "state" / "ledger.jsonl", site_keys.load_private_key(site_home), fields)
+    key = tmp_path / "site.pub.pem"
+    if kind == "folder":
+        key.mkdir()
+    result = invoke("audit", site_home / "state" / "ledger.jsonl", "--public-key", key)
+    assert_refused(result, f"--public-key {key}")

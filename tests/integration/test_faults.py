@@ -63,6 +63,17 @@ def run(cfg: FederationConfig, grid_type=LocalGrid) -> dict:
     return result
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """The runs here are tiny: one thread each keeps them fast on a busy machine (threads fight there)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     return str(tmp_path_factory.mktemp("faults-cache"))
@@ -371,3 +382,63 @@ def test_a_resumed_run_with_a_server_test_set_scores_each_model_once(cfg, tmp_pa
     run(cfg)
     run(cfg.replace(rounds=3, resume=True))
     assert [r["round"] for r in rows(cfg, kind="server")] == [0, 1, 2, 3]
+
+
+# -- on Ray, as users run it -----------------------------------------------------------------------------
+@pytest.mark.slow
+def test_kill_9_of_mmfed_simulate_leaves_no_process_running_and_the_run_resumes(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    run_dir = tmp_path / "run"
+    args = [str(Path(sys.executable).parent / "mmfed"), "simulate", "--scenario", "synthetic", "--sites", "2",
+            "--samples-per-site", "8", "--modalities", "image", "--rounds", "3", "--run-dir", str(run_dir),
+            "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    process = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    seen: dict[int, float] = {}
+    deadline = time.monotonic() + 300
+    metrics = run_dir / "metrics.jsonl"
+    while not (metrics.exists() and '"kind": "global"' in metrics.read_text()):  # round 1 is done
+        assert process.poll() is None and time.monotonic() < deadline
+        seen.update({c.pid: c.create_time() for c in psutil.Process(process.pid).children(recursive=True)})
+        time.sleep(0.1)
+    process.kill()
+    process.wait()
+
+    def running() -> list[str]:
+        alive = []
+        for pid, created in seen.items():
+            try:
+                p = psutil.Process(pid)
+                if p.create_time() == created and p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(p.name())
+            except psutil.Error:
+                pass
+        return alive
+
+    until = time.monotonic() + 15
+    while running() and time.monotonic() < until:
+        time.sleep(0.2)
+    assert len(seen) > 3 and not running(), running()  # Ray's processes were there, and are gone
+    resumed = subprocess.run([*args, "--resume"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    glob = [json.loads(x)["round"] for x in metrics.read_text().splitlines() if '"kind": "global"' in x]
+    assert glob == [1, 2, 3]
+
+
+def test_a_second_run_in_a_run_directory_in_use_is_refused(finished_run, tmp_path):
+    from mmfed.server.rundir import held
+
+    cfg = finished_run.replace(run_dir=str(tmp_path / "run"), rounds=3, resume=True)
+    shutil.copytree(finished_run.run_dir, cfg.run_dir)
+    before = files_of(cfg.run_dir)
+    with held(Path(cfg.run_dir)):  # another server is running it
+        with pytest.raises(MMFedError, match="another mmfed run is using this run directory"):
+            run(cfg)
+    assert files_of(cfg.run_dir) == before
+    assert run(cfg)["rounds_completed"] == 3  # once it is done
