@@ -122,7 +122,8 @@ def test_initial_model_with_frozen_encoders_trains_only_fusion(cfg, tmp_path):
     # weights that do not fit the run's model are refused, naming the file
     other = build_model(run_task(cfg.replace(fusion="late")).model_config())
     save_checkpoint(other, tmp_path / "other.safetensors", {})
-    with pytest.raises(MMFedError, match=r"other.safetensors: these weights are of another model \(.*missing"):
+    wanted = r"other.safetensors: these weights are of another model \(.*missing"
+    with pytest.raises(MMFedError, match=wanted):
         run(cfg.replace(run_dir=str(tmp_path / "run3"), initial_model=str(tmp_path / "other.safetensors")))
 
 
