@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import difflib
 import math
-import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 from mmfed.config import MODALITIES
-from mmfed.data.limits import parse_limits
+from mmfed.data.limits import parse_limits, read_site_toml
 from mmfed.errors import ConfigError
 
 POLICY_FILE = "site.toml"
@@ -154,18 +153,7 @@ class SitePolicy:
 def load_policy(path: str | Path) -> SitePolicy:
     """Read and validate a site.toml; every error names the file and the key."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(str(path), "site policy not found; create one with `mmfed site init`") from None
-    except UnicodeDecodeError:  # its text would quote the file around the bad byte
-        raise ConfigError(str(path), "not UTF-8 text; save it as UTF-8") from None
-    except OSError as exc:
-        raise ConfigError(str(path), f"cannot be read ({exc.strerror or exc})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), f"not valid TOML: {exc}") from None
-    except (ValueError, RecursionError):  # an integer past 4300 digits, arrays nested thousands deep
-        raise ConfigError(str(path), "not valid TOML (a number too long or nesting too deep)") from None
+    data = read_site_toml(path)  # its tables checked by name, every read error naming the file
     if set(data) - {"privacy", "data"} or not isinstance(data.get("privacy"), dict):
         raise ConfigError(
             str(path), f"expected one [privacy] table (and optionally [data]), found {sorted(data) or 'none'}"
