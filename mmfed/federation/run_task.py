@@ -49,6 +49,10 @@ def run_scenario(cfg: FederationConfig, task: Task) -> Scenario:
     once into the cache)."""
     if cfg.site_dirs:
         return Scenario.of_task(task, site_dir_list(cfg.site_dirs))
+    if cfg.task:  # a built-in scenario's sites hold the scenario's task, not this one
+        raise ConfigError(
+            "site-dirs", f"a simulation of the task in {cfg.task} needs its sites: give --site-dirs DIR,DIR"
+        )
     return prepare_scenario(
         cfg.scenario,
         data_dir=cfg.data_dir or None,

@@ -142,12 +142,18 @@ def prepare_simulation(config: Path | None, options: dict[str, Any]) -> Federati
     refuse_cache_dir(cfg.cache_dir or None)
     check_run_paths(cfg, target)
     check_run_files(cfg)
+    if cfg.task or cfg.site_dirs:  # read the task (and its sites) now, not in every Ray worker
+        from mmfed.federation.run_task import run_scenario, run_task
+
+        run_scenario(cfg, run_task(cfg))
     cfg = natural_sites(cfg, sites_given="sites" in options)
 
     def absolute(path: str) -> str:
         return str(Path(path).resolve()) if path else ""
 
     return cfg.replace(
+        task=absolute(cfg.task),
+        site_dirs=",".join(absolute(p.strip()) for p in cfg.site_dirs.split(",") if p.strip()),
         run_dir=absolute(str(target)),
         data_dir=absolute(cfg.data_dir),
         cache_dir=absolute(cfg.cache_dir),

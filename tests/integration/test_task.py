@@ -336,3 +336,23 @@ def test_a_built_in_scenario_is_site_directories_plus_a_task_file(digits_av, tmp
         site_wait_s=2, run_dir=str(tmp_path / "run"),
     )  # fmt: skip
     assert run(cfg)["rounds_completed"] == 1
+
+
+def test_simulate_reads_the_task_and_its_sites_before_ray_with_absolute_paths(
+    consortium, tmp_path, monkeypatch
+):
+    from mmfed.server.prepare import prepare_simulation
+
+    task_file, sites = consortium
+    monkeypatch.chdir(task_file.parent)  # relative paths, as a user types them
+    cfg = prepare_simulation(
+        None, {"task": "task.toml", "site_dirs": "sites/hospital_a,sites/hospital_b", "run_dir": "run"}
+    )
+    assert cfg.task == str(task_file.resolve()) and cfg.sites == 2
+    assert cfg.site_dirs.split(",") == [str(s.resolve()) for s in sites[:2]]
+    # a scenario's sites hold the scenario's task: a task file without its own sites is refused up front
+    with pytest.raises(ConfigError, match="'site-dirs'.*needs its sites"):
+        prepare_simulation(None, {"task": "task.toml", "run_dir": "run2"})
+    (task_file.parent / "broken.toml").write_text(TASK_TOML.replace('fusion = "late"', "fusion = 3"))
+    with pytest.raises(ConfigError, match=r"broken.toml: model.fusion"):
+        prepare_simulation(None, {"task": "broken.toml", "site_dirs": "sites/hospital_a", "run_dir": "run3"})
