@@ -20,6 +20,7 @@ def tiny(tmp_path_factory):
     )
 
 
+@pytest.mark.slow  # several seconds: in `make test` (CI), not test-fast
 def test_run_dir_contents_and_checkpoint_round_trip(tiny, tmp_path):
     cfg = TrainConfig(epochs=3, batch_size=16, lr=3e-3, seed=1)
     summary = train_centralized(

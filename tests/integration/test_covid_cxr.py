@@ -54,6 +54,7 @@ def test_small_countries_merge_into_regions_then_other():
     assert merged["Portugal"] == merged["Malta"] == "Europe" and merged["USA"] == "other"
 
 
+@pytest.mark.slow  # several seconds: in `make test` (CI), not test-fast
 def test_ct_is_left_out_unless_asked(cxr_data, tmp_path):
     with_ct = generate_covid_cxr(tmp_path / "ct", cxr_data, include_ct=True)
     rows = sum(len(list(csv.DictReader(open(s / "manifest.csv")))) for s in with_ct)
@@ -72,6 +73,7 @@ def test_a_wrong_data_dir_is_named_before_anything_is_written(cxr_data, tmp_path
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # several seconds: in `make test` (CI), not test-fast
 def test_rows_whose_image_is_missing_are_skipped_and_reported(cxr_data, tmp_path):
     copy = tmp_path / "collection"
     shutil.copytree(cxr_data, copy)

@@ -191,6 +191,7 @@ def test_stale_half_written_generation_is_ignored_and_removed(tmp_path, monkeypa
     assert sum(len(load_manifest(s).samples) for s in sites) == N_IMAGES
 
 
+@pytest.mark.slow  # several seconds: in `make test` (CI), not test-fast
 def test_other_seed_replaces_the_generation(tmp_path, monkeypatch):
     monkeypatch.setattr(digits_av, "synthesize", _fast_synthesize)
     root = tmp_path / "digits-av"

@@ -30,6 +30,7 @@ def ledger_entries(cfg, site):
     return [json.loads(x) for x in open(path).read().splitlines()]
 
 
+@pytest.mark.slow  # several seconds: in `make test` (CI), not test-fast
 def test_epsilon_composes_across_rounds_and_runs(cfg, tmp_path):
     first = run(cfg)
     # a second run on the same sites' data and state dir, with other noise: the budget continues
@@ -153,6 +154,7 @@ def test_deployed_sites_keep_budget_and_ledger_in_their_own_directory(cfg, tmp_p
     assert not (tmp_path / "state").exists()  # deployed sites never use the simulation state dir
 
 
+@pytest.mark.slow  # several seconds: in `make test` (CI), not test-fast
 def test_a_site_restored_from_backup_is_caught_by_the_servers_anchors(cfg, tmp_path):
     """Backup after round 1, two more rounds, the backup put back (ledger and state together, which the
     site alone cannot tell): the resumed run hands the site its anchored head, and it refuses; the audit

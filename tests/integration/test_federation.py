@@ -137,6 +137,7 @@ def test_aggregate_is_example_weighted_mean_of_accepted_deltas(cfg, monkeypatch)
     assert all(np.allclose(e, saved[k], atol=1e-6) for e, k in zip(expected, keys, strict=True))
 
 
+@pytest.mark.slow  # several seconds: in `make test` (CI), not test-fast
 def test_resume_after_a_crash_gives_the_same_model_as_an_uninterrupted_run(cfg, monkeypatch, tmp_path):
     full = cfg.replace(rounds=3, run_dir=str(tmp_path / "full"))
     run(full)

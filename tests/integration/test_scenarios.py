@@ -39,6 +39,7 @@ def test_fsdd_mnist_images_distinct_same_digit_and_split_matched(fsdd_sites, sha
     assert len(used) == 3000
 
 
+@pytest.mark.slow  # several seconds: in `make test` (CI), not test-fast
 def test_fsdd_mnist_pairing_is_seeded(shared_data, tmp_path):
     a = prepare_scenario("fsdd-mnist", data_dir=shared_data, cache_dir=tmp_path, seed=1)
     b = prepare_scenario("fsdd-mnist", data_dir=shared_data, cache_dir=tmp_path, seed=2)

@@ -189,6 +189,7 @@ worker.serve_forever()
 """
 
 
+@pytest.mark.slow  # several seconds: in `make test` (CI), not test-fast
 def test_a_worker_killed_mid_request_is_the_sites_failure_its_ledger_holds(cfg, weights, source, tmp_path):
     site = make_site(source, tmp_path, "k")
     proc = subprocess.Popen([sys.executable, "-c", KILLED, str(site)])

@@ -324,6 +324,7 @@ def test_a_site_approves_a_task_file_and_then_refuses_any_other(consortium, tmp_
     assert neither.exit_code == 2 and "give --config RUN.toml or --task" in neither.output
 
 
+@pytest.mark.slow  # several seconds: in `make test` (CI), not test-fast
 def test_a_built_in_scenario_is_site_directories_plus_a_task_file(digits_av, tmp_path):
     from mmfed.data.scenarios import write_task_file
 

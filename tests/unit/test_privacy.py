@@ -40,6 +40,7 @@ def google_events(history):
     ]
 
 
+@pytest.mark.slow  # several seconds: in `make test` (CI), not test-fast
 @pytest.mark.parametrize("history", HISTORIES)
 def test_cumulative_epsilon_matches_google_dp_accounting(history):
     google = rdp_privacy_accountant.RdpAccountant(orders=list(accounting.RDP_ORDERS))
