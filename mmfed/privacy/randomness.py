@@ -67,8 +67,9 @@ class ChaChaRandomness(DPRandomness):
 
     def __init__(self, device: torch.device):
         del device  # drawn on the CPU (the keystream is), moved to the device once per step
-        # 256-bit key and 128-bit initial counter+nonce from the OS; one keystream per round
-        cipher = Cipher(algorithms.ChaCha20(os.urandom(32), os.urandom(16)), mode=None)
+        # 256-bit key and 96-bit nonce from the OS, one keystream per round; the 32-bit block counter
+        # (the first 4 bytes) starts at 0: a random start could overflow within a round (256 GiB of room)
+        cipher = Cipher(algorithms.ChaCha20(os.urandom(32), bytes(4) + os.urandom(12)), mode=None)
         self._stream = cipher.encryptor()
         self._zeros = b""  # the plaintext (keystream = ChaCha20 of zeros), grown as needed
         self._out: dict[int, bytearray] = {}  # one output buffer per size: a step draws the same sizes
