@@ -28,6 +28,7 @@ ORDER = [
     "audit_scale",
     "secagg_overhead",
     "deployment_overhead",
+    "message_cost",
     "missing_modality",
     "covid_cxr",
     "minilm_dp",

@@ -15,175 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = REPO / ".venv" / "bin"
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
+from harness import ANSI, REPO, Federation, log, start, stop, stop_all
+
 SITES = 3
-PROCS: list[subprocess.Popen] = []  # every long-running process we start
-PORTS: list[int] = []  # every port we use (for the final sweep of orphaned Flower processes)
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def make_env(flwr_home: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        FLWR_TELEMETRY_ENABLED="0",
-        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        FLWR_HOME=str(flwr_home),
-        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
-        NO_COLOR="1",
-        COLUMNS="200",
-    )
-    return env
-
-
-def run(cmd: list[str], env: dict, cwd: Path, timeout: float = 300, check: bool = True) -> str:
-    """Run a short command; return stdout; raise with its output on failure."""
-    res = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    if check and res.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} -> exit {res.returncode}\n{res.stdout}\n{res.stderr}")
-    return res.stdout
-
-
-def flwr_json(args: list[str], env: dict, cwd: Path) -> dict:
-    return json.loads(run(["flwr", *args, "--format", "json"], env, cwd, timeout=120))
-
-
-def start(cmd: list[str], env: dict, cwd: Path, logfile: Path) -> subprocess.Popen:
-    """Start a long-running process in its own process group, output to logfile."""
-    with open(logfile, "w") as out:
-        proc = subprocess.Popen(
-            cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    PROCS.append(proc)
-    return proc
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    PORTS.extend(ports)
-    return ports
-
-
-def wait_for(pred, timeout: float, what: str, interval: float = 1.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if value := pred():
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def _proc_table() -> dict[int, tuple[int, int, str]]:
-    """pid -> (ppid, pgid, cmdline) for every process we can read."""
-    table = {}
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2 :].split()
-            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            table[int(d.name)] = (int(fields[1]), int(fields[2]), cmd)
-        except (OSError, ValueError):
-            continue
-    return table
-
-
-def _ours(table: dict, procs: list[subprocess.Popen], ports: list[int]) -> set[int]:
-    """The given processes, their descendants (the SuperLink's SuperExec runs in its own session),
-    and any Flower process using one of the given ports (orphans whose parent already exited)."""
-    pids = {p.pid for p in procs if p.poll() is None}
-    pids |= {
-        pid
-        for pid, (_, _, cmd) in table.items()
-        if ("flwr" in cmd or "flower" in cmd) and any(f"127.0.0.1:{port} " in cmd + " " for port in ports)
-    }
-    grew = True
-    while grew:
-        kids = {pid for pid, (ppid, _, _) in table.items() if ppid in pids} - pids
-        pids |= kids
-        grew = bool(kids)
-    return pids - {os.getpid()}
-
-
-def stop(procs: list[subprocess.Popen], ports: list[int], grace: float = 10.0) -> None:
-    """SIGTERM the process groups of these processes (and their orphans), then SIGKILL what is left."""
-    own_group = os.getpgid(0)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        table = _proc_table()
-        pids = _ours(table, procs, ports)
-        if not pids:
-            break
-        groups = {table[p][1] for p in pids if p in table}
-        for pgid in groups - {own_group}:
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                pass
-        for pid in pids:  # never signal our own group as a whole
-            if pid in table and table[pid][1] == own_group:
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-        end = time.monotonic() + grace
-        while time.monotonic() < end and _ours(_proc_table(), procs, ports):
-            time.sleep(0.5)
-    for p in procs:
-        try:
-            p.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-    if left := _ours(_proc_table(), procs, ports):
-        log(f"WARNING: processes still alive after SIGKILL: {sorted(left)}")
-
-
-def supernode_cmd(
-    link: str,
-    port: int,
-    site: Path,
-    key: Path | None,
-    ca: Path | None,
-    insecure: bool = False,
-    extra: tuple[str, ...] = (),
-) -> list[str]:
-    cmd = [
-        "flower-supernode",
-        "--superlink",
-        link,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--node-config",
-        f"site-dir='{site}'",
-        *extra,
-    ]
-    cmd += ["--insecure"] if insecure else []
-    cmd += ["--root-certificates", str(ca)] if ca else []
-    cmd += ["--auth-supernode-private-key", str(key)] if key else []
-    return cmd
 
 
 def negative(
@@ -228,11 +69,9 @@ def main() -> int:
     args = ap.parse_args()
     work = (args.workdir or Path(tempfile.mkdtemp(prefix="mmfed-loopback-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    certs, keys, sites_dir, logs = work / "certs", work / "keys", work / "sites", work / "logs"
-    run_dir, flwr_home = work / "run", work / ".flwr"
-    for d in (keys, sites_dir, logs, flwr_home):
-        d.mkdir(parents=True, exist_ok=True)
-    env = make_env(flwr_home)
+    run_dir, logs = work / "run", work / "logs"
+    fed = Federation(work, args.data_dir, "fsdd-mnist", SITES)
+    env, sites, keys, ca = fed.env, fed.sites, fed.keys, fed.ca
     t: dict[str, float] = {}
     failures: list[str] = []
     t_start = time.monotonic()
@@ -240,114 +79,16 @@ def main() -> int:
 
     # 1. certificates, node keys, sites
     t0 = time.monotonic()
-    run(
-        ["mmfed", "certs", "server", "--out", str(certs), "--host", "localhost", "--host", "127.0.0.1"],
-        env,
-        work,
-    )
-    ca = certs / "ca.crt"
-    out = run(
-        ["mmfed", "data", "prepare", "--scenario", "fsdd-mnist", "--data-dir", args.data_dir], env, work
-    )
-    sources = [Path(ln.strip()) for ln in out.splitlines() if ln.strip().startswith("/")][:SITES]
-    if len(sources) < SITES:
-        raise RuntimeError(f"data prepare printed {len(sources)} site directories:\n{out}")
-    sites = []
-    for src in sources:
-        dst = sites_dir / src.name
-        if not dst.exists():
-            shutil.copytree(src, dst)
-        if not (dst / "site.toml").exists():
-            run(["mmfed", "site", "init", "--dir", str(dst)], env, work)
-        if not (keys / src.name).exists():
-            run(["mmfed", "certs", "node", "--out", str(keys), "--name", src.name], env, work)
-        sites.append(dst)
-    if not (keys / "rogue").exists():
-        run(["mmfed", "certs", "node", "--out", str(keys), "--name", "rogue"], env, work)
+    fed.setup()
     t["setup"] = time.monotonic() - t0
 
-    # 2. SuperLink: TLS (our CA + server cert), node auth, no runtime dependency installation
-    link_port, *node_ports = free_ports(1 + SITES + 4)
-    link = f"127.0.0.1:{link_port}"
-    (flwr_home / "config.toml").write_text(
-        f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\naddress = "{link}"\n'
-        f'root-certificates = "{ca}"\n'
-    )
+    # 2.-3. SuperLink; the site workers (warm model, data and privacy state, before any message arrives);
+    # the SuperNodes' public keys registered (Control API); the SuperNodes
     t0 = time.monotonic()
-    superlink = start(
-        [
-            "flower-superlink",
-            "--ssl-ca-certfile",
-            str(ca),
-            "--ssl-certfile",
-            str(certs / "server.pem"),
-            "--ssl-keyfile",
-            str(certs / "server.key"),
-            "--enable-supernode-auth",
-            "--disable-runtime-dependency-installation",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(link_port),
-        ],
-        env,
-        work,
-        logs / "superlink.log",
-    )
-
-    def link_up() -> bool:
-        if superlink.poll() is not None:
-            raise RuntimeError(f"SuperLink exited {superlink.returncode}: see {logs / 'superlink.log'}")
-        with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", link_port)) == 0
-
-    wait_for(link_up, 60, "the SuperLink port", 0.5)
-    t["superlink"] = time.monotonic() - t0
-
-    # 3. the site workers (warm model, data and privacy state; before any message arrives), then
-    # register the SuperNodes' public keys (Control API) and start the SuperNodes
-    t0 = time.monotonic()
-    if not args.no_workers:
-        for site in sites:
-            start(["mmfed", "site", "serve", "--dir", str(site)], env, work, logs / f"worker_{site.name}.log")
-        workers = list(PROCS[1:])
-
-        def workers_ready() -> bool:
-            for proc, site in zip(workers, sites, strict=True):
-                if proc.poll() is not None:
-                    raise RuntimeError(f"the worker of {site.name} exited {proc.returncode}: see {logs}")
-            return all(
-                "worker ready" in (logs / f"worker_{s.name}.log").read_text(errors="replace") for s in sites
-            )
-
-        wait_for(workers_ready, 120, "3 site workers", 0.5)
-    for site in sites:
-        res = flwr_json(
-            ["supernode", "register", str(keys / f"{site.name}.pub"), "loopback", "--name", site.name],
-            env,
-            work,
-        )
-        log(f"registered {site.name}: node {res['node-id']}")
-    supernodes = [
-        start(
-            supernode_cmd(link, port, site, keys / site.name, ca),
-            env,
-            work,
-            logs / f"supernode_{site.name}.log",
-        )
-        for site, port in zip(sites, node_ports[:SITES], strict=True)
-    ]
-
-    def all_online() -> bool:
-        for p in supernodes:
-            if p.poll() is not None:
-                raise RuntimeError(f"a SuperNode exited {p.returncode}: see {logs}")
-        nodes = flwr_json(["supernode", "list", "loopback"], env, work)["nodes"]
-        return sum(n["status"] == "online" for n in nodes) == SITES
-
-    wait_for(all_online, 120, "3 SuperNodes online", 2)
-    t["register+supernodes"] = time.monotonic() - t0
+    fed.up(workers=not args.no_workers)
+    t["superlink+workers+supernodes"] = time.monotonic() - t0
     log("SuperLink and 3 SuperNodes up")
+    link, node_ports = fed.link, fed.node_ports
 
     # 4. the run: 2 rounds, DP + SecAgg+, over TLS
     overrides = (
@@ -356,27 +97,9 @@ def main() -> int:
         f"run-dir='{run_dir}'"
     )
     t0 = time.monotonic()
-    res = flwr_json(["run", str(REPO), "loopback", "--run-config", overrides], env, work)
-    run_id = res["run-id"]
-    log(f"started run {run_id}")
-
-    def finished() -> str | None:
-        try:
-            status = flwr_json(["ls", "loopback", "--run-id", run_id], env, work)["runs"][0]["status"]
-        except (RuntimeError, subprocess.TimeoutExpired, ValueError) as err:  # retry on a hiccup
-            log(f"flwr ls failed, retrying: {err}")
-            return None
-        return status if status.startswith("finished") else None
-
-    try:
-        status = wait_for(finished, args.timeout, f"run {run_id} to finish", 15)
-    except TimeoutError as err:
-        status = f"timeout ({err})"
+    run_id = fed.submit(overrides)
+    status = fed.wait_run(run_id, args.timeout)
     t["run"] = time.monotonic() - t0
-    log(f"run {run_id}: {status} after {t['run']:.0f} s")
-    (logs / "run.log").write_text(
-        run(["flwr", "log", run_id, "loopback", "--show"], env, work, timeout=120, check=False)
-    )
     if status != "finished:completed":
         failures.append(f"run status {status}")
 
@@ -422,7 +145,7 @@ def main() -> int:
         "c2_insecure_no_key": (None, None, True, ("--max-retries", "3")),
     }
     negatives = [
-        negative(name, supernode_cmd(link, port, sites[0], key, cert, insecure, extra), port, env, work, logs)
+        negative(name, fed.supernode_cmd(port, sites[0], key, cert, insecure, extra), port, env, work, logs)
         for (name, (key, cert, insecure, extra)), port in zip(cases.items(), neg_ports, strict=True)
     ]
     for neg in negatives:
@@ -464,5 +187,5 @@ if __name__ == "__main__":
     except KeyboardInterrupt:
         log("interrupted")
     finally:
-        stop(PROCS, PORTS)
+        stop_all()
     sys.exit(code)

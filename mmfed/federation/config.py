@@ -209,6 +209,10 @@ class FederationConfig:
         120.0, SERVER, "seconds the server waits for min-sites sites to connect", range=at_least(0),
         resumable=True,
     )  # fmt: skip
+    round_timeout_s: float = setting(
+        3600.0, SERVER, "seconds the server waits for a round's replies; a site that has not answered by "
+        "then is that round's failure (code timeout)", range=at_least(0, "0: no limit"), resumable=True,
+    )  # fmt: skip
     # -- paths and runtime -------------------------------------------------------------------------
     run_dir: str = setting(
         "", PATHS, "new directory for the results; empty: runs/fed-<scenario>-<time>", resumable=True

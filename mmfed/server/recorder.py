@@ -30,10 +30,14 @@ class RunRecorder(StrategyWrapper):
         run_dir: RunDir,
         config_hash: str = "",
         on_round: Callable[[dict[str, Any]], None] | None = None,
+        model_card: dict[str, Any] | None = None,
     ):
         super().__init__(strategy)
         self.run_dir = run_dir
         self.config_hash = config_hash
+        # what every checkpoint carries so that it is usable on its own (mmfed evaluate / predict / export):
+        # the task (labels, modalities, tensor settings, model), its hash, the run id
+        self.model_card = model_card or {}
         self.on_round = on_round or (lambda row: None)
         # each site's latest reported cumulative ε (PRV and RDP, at its δ): what it has spent so far
         self.site_epsilon: dict[str, dict[str, float]] = {}
@@ -62,7 +66,13 @@ class RunRecorder(StrategyWrapper):
             self.run_dir.save_round(
                 report.rnd,
                 parameters_to_ndarrays(parameters),
-                {"round": report.rnd, "config_hash": self.config_hash, **report.summary},
+                {
+                    "round": report.rnd,
+                    "config_hash": self.config_hash,
+                    **self.model_card,
+                    "site_epsilon": dict(self.site_epsilon),
+                    **report.summary,
+                },  # fmt: skip
             )
         return aggregated
 

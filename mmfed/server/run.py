@@ -114,6 +114,19 @@ def _server_evaluator(cfg: FederationConfig, task: Task) -> Callable[[list], dic
     return evaluate_weights
 
 
+def _model_card(cfg: FederationConfig, task: Task, run_dir: RunDir) -> dict[str, Any]:
+    """What every round's checkpoint carries so that it is usable on its own (mmfed.use)."""
+    return {
+        "task": task.to_dict(),
+        "task_hash": task.approval(),
+        "run_id": run_dir.run_id,
+        "private": cfg.private,
+        "secure_aggregation": cfg.secure_aggregation,
+        # the text preprocessing the run proposed (a site's policy may add to it)
+        "preprocessing": {"deidentify": cfg.deidentify, "mask_diagnosis": cfg.mask_diagnosis},
+    }
+
+
 def _simulated(grid: Grid) -> bool:
     """Flower's simulation engine (`mmfed simulate`, `flwr run` locally) serves the ServerApp an in-memory
     grid; a deployment, a gRPC one to real SuperNodes."""
@@ -168,6 +181,7 @@ def _run(
         modalities=model_cfg.modalities,
         # every message carries the task: a site reads its manifest through it and checks its approval
         message_config={"task": task.to_json()},
+        model_card=_model_card(cfg, task, run_dir),
     )
     if cfg.rounds > done:
         wait_for_sites(grid, cfg.min_sites, cfg.site_wait_s)
@@ -177,7 +191,7 @@ def _run(
         fit_workflow = secagg.workflow(cfg) if cfg.secure_aggregation else None
         try:
             # a site whose worker died mid-round is named in the round's rows (mmfed.server.lost_sites)
-            DefaultWorkflow(fit_workflow=fit_workflow)(SiteNamingGrid(grid), context)
+            DefaultWorkflow(fit_workflow=fit_workflow)(SiteNamingGrid(grid, cfg.round_timeout_s), context)
         except WriteError as exc:  # a full disk: every file as it was, the run resumable
             raise MMFedError(
                 f"{exc}; the run keeps round {run_dir.last_round()}, its last complete one: once there is "

@@ -41,6 +41,7 @@ def build_strategy(
     groups: list[int] | None = None,
     modalities: tuple[str, ...] = (),
     message_config: dict[str, str] | None = None,
+    model_card: dict[str, Any] | None = None,
 ) -> RunRecorder:
     """The strategy of a run. `groups`: which encoder (or the shared part) each array of `initial`
     belongs to (mmfed.federation.encoder_groups.parameter_groups); `message_config`: static entries merged
@@ -60,4 +61,4 @@ def build_strategy(
         message_config=message_config,
     )
     anchored = LedgerAnchors(inner, run_dir, cfg.anchor_file, run_id)
-    return RunRecorder(anchored, run_dir, config_hash=config_hash, on_round=on_round)
+    return RunRecorder(anchored, run_dir, config_hash=config_hash, on_round=on_round, model_card=model_card)

@@ -54,6 +54,8 @@ FAILURES = {
     "secagg-range": "the update does not fit SecAgg+'s range; raise secagg-clipping-range (or lower lr)",
     "secagg-weight": "the site's FedAvg weight is above secagg-max-examples; raise that setting",
     "worker": "the site's worker stopped during this message (see the site's log)",
+    "unreachable": "the site's node stopped answering the SuperLink this round (killed, frozen or cut off)",
+    "timeout": "the site did not answer within the server's round-timeout-s",
     "internal": "internal error at the site",
 }
 _NO_WORKER: set[str] = set()  # the sockets this process already said no worker serves

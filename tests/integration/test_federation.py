@@ -179,6 +179,7 @@ def test_static_message_config_reaches_every_site_in_fit_and_evaluate(cfg, monke
 
     real_build = run_mod.build_strategy
     static = {"static-note": "T1 x-ray", "server-round": "x"}
+
     def build(*args, **kwargs):
         return real_build(*args, **{**kwargs, "message_config": {**kwargs["message_config"], **static}})
 

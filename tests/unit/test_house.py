@@ -17,7 +17,7 @@ LAYERS = {
     "pki": 5, "federation": 5,
     "site": 6,
     "server": 7,
-    "audit": 8, "cli": 8,
+    "audit": 8, "use": 8, "cli": 9,
 }  # fmt: skip
 DATA_TABLES = {"data/deid_tables.py"}  # word lists and patterns: long by nature
 MODULES = sorted(p for p in PACKAGE.rglob("*.py"))

@@ -148,7 +148,8 @@ def test_values_of_the_wrong_type_are_refused_by_name():
 def test_resumable_settings_are_declared():
     from mmfed.federation.config import RESUMABLE_SETTINGS
 
-    assert set(RESUMABLE_SETTINGS) == {"rounds", "run_dir", "resume", "device", "site_wait_s", "anchor_file"}
+    assert set(RESUMABLE_SETTINGS) == {"rounds", "run_dir", "resume", "device", "site_wait_s", "anchor_file",
+                                       "round_timeout_s"}  # fmt: skip
 
 
 def test_image_encoder_reaches_the_model():

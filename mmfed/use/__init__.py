@@ -1,0 +1,1 @@
+"""Using a trained model at a site: load it, evaluate it, predict with it, export it."""
