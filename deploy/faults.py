@@ -78,6 +78,11 @@ def fits(run_dir: Path, server_round: int) -> dict[str, tuple[str, str | None]]:
     return {r["site"]: (r["status"], r.get("code")) for r in rows(run_dir, kind="fit", round=server_round)}
 
 
+def row_of(fed: Federation, rows: dict, site: str):
+    """A site's row; a site lost before it ever replied is named by its node id."""
+    return rows.get(site) or rows.get(f"node {fed.node_ids[site]}")
+
+
 def audit(fed: Federation, name: str) -> int:
     done = subprocess.run(["mmfed", "audit", *map(str, fed.sites)], env=fed.env, cwd=fed.work,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
@@ -110,8 +115,7 @@ def kill_nodes(fed: Federation) -> tuple[list[str], str]:
     status = fed.wait_run(run_id, 900)
     restarter.join(timeout=300)
     lost = fed.sites[victim].name
-    # under SecAgg+ a site's first replies carry no name: one lost in round 1 is named by its node id
-    row = fits(run_dir, 1).get(lost) or fits(run_dir, 1).get(f"node {fed.node_ids[lost]}")
+    row = row_of(fed, fits(run_dir, 1), lost)
     later = [r for r in (2, 3) if fits(run_dir, r).get(lost, ("?",))[0] == "accepted"]
     bad = [] if status == "finished:completed" else [f"run status {status}"]
     if not row or row[0] != "failed" or row[1] not in ("unreachable", "timeout"):
@@ -131,27 +135,27 @@ def stop_node(fed: Federation) -> tuple[list[str], str]:
     """A hung site: its worker frozen mid-training, its SuperNode still answering heartbeats, so only the
     server's round timeout can end the round for it."""
     run_dir, victim = fed.work / "run-stop-node", 1
-    run_id = fed.submit(f"{BASE} rounds=2 round-timeout-s=90 run-dir='{run_dir}'")
+    run_id = fed.submit(f"{BASE} rounds=2 round-timeout-s=150 run-dir='{run_dir}'")
     when_busy(fed, victim)
     signal_all([fed.workers[victim]], [], signal.SIGSTOP)
     t0 = time.monotonic()
     log(f"froze the worker of {fed.sites[victim].name} (SIGSTOP) while it trained round 1")
-    try:
-        until_committed(fed, run_id, run_dir, 1, "round 1 to end without it")
+    frozen = fed.sites[victim].name
+    try:  # thawed once the server has given up on its round-1 fit (else evaluation waits for it too)
+        wait_for(lambda: row_of(fed, fits(run_dir, 1), frozen), 600, "round 1's fit to end without it", 1)
     finally:
         ended = time.monotonic() - t0
         signal_all([fed.workers[victim]], [], signal.SIGCONT)
     status = fed.wait_run(run_id, 900)
-    frozen = fed.sites[victim].name
-    first = fits(run_dir, 1)
+    row = row_of(fed, fits(run_dir, 1), frozen)
     bad = [] if status == "finished:completed" else [f"run status {status}"]
-    if first.get(frozen) != ("failed", "timeout"):
-        bad.append(f"round 1: the frozen site is recorded {first.get(frozen)} (want failed, timeout)")
+    if row != ("failed", "timeout"):
+        bad.append(f"round 1: the frozen site is recorded {row} (want failed, timeout)")
     if committed(run_dir) != 2:
         bad.append(f"the run committed {committed(run_dir)} rounds (want 2)")
     if code := audit(fed, "stop-node"):
         bad.append(f"mmfed audit exit {code}")
-    return bad, f"round 1 ended {ended:.0f} s after the freeze: {first.get(frozen)}"
+    return bad, f"round 1's fit ended {ended:.0f} s after the freeze: {row}"
 
 
 def kill_worker(fed: Federation) -> tuple[list[str], str]:

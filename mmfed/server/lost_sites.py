@@ -71,11 +71,12 @@ class SiteNamingGrid(Grid):
         out = list(replies)
         for reply in out:
             node = reply.metadata.src_node_id
+            sent_to = self.sent_to.pop(reply.metadata.reply_to_message_id, None)  # answered: forget it
             if not reply.has_error():
                 if (site := _site_of(reply)) is not None:
                     self.sites[node] = site
                 continue
-            node = self.sent_to.get(reply.metadata.reply_to_message_id, node)
+            node = node if sent_to is None else sent_to
             code = {ErrorCode.NODE_UNAVAILABLE: "unreachable"}.get(reply.error.code, "worker")
             if reply.error.reason.startswith("no reply in "):
                 code = "timeout"
