@@ -6,6 +6,7 @@ This is the reference a federation is compared with.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import time
@@ -18,14 +19,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from mmfed.checkpoint import save_checkpoint
-from mmfed.config import ModelConfig, TrainConfig, config_hash, to_jsonable
+from mmfed.config import DataSpec, ModelConfig, TrainConfig, config_hash, to_jsonable
 from mmfed.data.cache import default_cache_dir
 from mmfed.data.dataset import Collate, MultimodalDataset, Processors
 from mmfed.data.manifest import SiteManifest
 from mmfed.data.scenarios import Scenario
-from mmfed.errors import MMFedError
+from mmfed.errors import ConfigError, MMFedError
 from mmfed.models import build_model, count_parameters
 from mmfed.runs import claim_run_dir
+from mmfed.task import ModelSettings, Task
 from mmfed.train.loop import (
     Metrics,
     evaluate,
@@ -116,29 +118,38 @@ def train_centralized(
     train = train or TrainConfig()
     train.validate()
     progress = progress or Progress()
-    mods = scenario.run_modalities(modalities)
-    model_cfg = ModelConfig.for_data(
-        scenario.spec, modalities=mods, num_classes=len(scenario.labels), **(model_options or {})
-    )
-    model_cfg.validate()
+    task = centralised_task(scenario, scenario.run_modalities(modalities), model_options or {})
+    task.model_config().validate()
     run_dir, created = prepare_run_dir(run_dir)
     try:
-        return _train(scenario, run_dir, mods, model_cfg, train, on_bad_row, cache_dir, progress)
+        return _train(scenario, run_dir, task, train, on_bad_row, cache_dir, progress)
     except BaseException:  # an error, the loss diverging, Ctrl-C: nothing half-written blocks a retry
         _undo_run_dir(run_dir, created)
         raise
 
 
+def centralised_task(scenario: Scenario, mods: tuple[str, ...], model_options: dict[str, Any]) -> Task:
+    """The task the baseline trains (the scenario's, for these modalities and model settings): what its
+    model.safetensors carries, so that `mmfed evaluate` / `predict` / `export` can use the model alone."""
+    known = {f.name for f in dataclasses.fields(ModelSettings)}
+    unknown = sorted(set(model_options) - known)
+    if unknown:
+        raise ConfigError(
+            "model", f"unknown model setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    return scenario.task(ModelSettings(**model_options), mods)
+
+
 def _train(
     scenario: Scenario,
     run_dir: Path,
-    mods: tuple[str, ...],
-    model_cfg: ModelConfig,
+    task: Task,
     train: TrainConfig,
     on_bad_row: str,
     cache_dir: Path | None,
     progress: Progress,
 ) -> dict[str, Any]:
+    mods, model_cfg = task.modalities, task.model_config()
     device = select_device(train.device)
     seed_everything(train.seed)
 
@@ -173,22 +184,29 @@ def _train(
         "seconds": round(time.perf_counter() - started, 2),
         "run_dir": str(run_dir),
     }
-    write_results(run_dir, summary, model, model_cfg, scenario.labels)
+    write_results(run_dir, summary, model, task, scenario.spec)
     return summary
 
 
 def write_results(
-    run_dir: Path, summary: dict[str, Any], model: torch.nn.Module, model_cfg: ModelConfig, labels: list[str]
+    run_dir: Path, summary: dict[str, Any], model: torch.nn.Module, task: Task, spec: DataSpec
 ) -> None:
-    """summary.json, and the trained model (moved to the CPU) with its config and the summary."""
+    """summary.json, and the trained model (moved to the CPU) with its task, the text preprocessing it was
+    trained with, its config and the summary."""
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    model_cfg = task.model_config()
     save_checkpoint(
         model.cpu(),
         run_dir / "model.safetensors",
         {
+            "kind": "centralized",
+            "task": task.to_dict(),
+            "task_hash": task.approval(),
+            "preprocessing": {"deidentify": spec.text.deidentify, "mask_diagnosis": spec.text.mask_diagnosis},
+            "private": False,
             "config_hash": config_hash(model_cfg),
             "model": to_jsonable(model_cfg),
-            "labels": labels,
+            "labels": list(task.labels),
             **summary,
         },
     )
