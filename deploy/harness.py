@@ -226,7 +226,8 @@ class Federation:
 
     def kill_superlink(self) -> int:
         """SIGKILL the SuperLink and what it started (SuperExec, the ServerApp): a crash, mid-run."""
-        count = signal_all([self.superlink], [], signal.SIGKILL)  # its tree only: SuperNodes name its port too
+        # its tree only: the SuperNodes name its port too
+        count = signal_all([self.superlink], [], signal.SIGKILL)
         self.superlink.wait(timeout=30)
         return count
 
