@@ -30,16 +30,15 @@ def simulated_round(data: Path, work: Path) -> float:
 
     from mmfed.data.scenarios import prepare_scenario
     from mmfed.federation.config import FederationConfig
-    from mmfed.privacy import site_keys
-    from mmfed.privacy.policy import SitePolicy
     from mmfed.server.apps import make_client_app, make_server_app
 
     sites = []
     for site in prepare_scenario("fsdd-mnist", data_dir=data).sites[:3]:
         copy = work / "sites" / site.name
         shutil.copytree(site, copy)
-        (copy / "site.toml").write_text(SitePolicy().template())
-        site_keys.create_key(copy)
+        # as the deployed sites are set up (deploy/loopback.py): the policy `mmfed site init` writes
+        subprocess.run([str(REPO / ".venv" / "bin" / "mmfed"), "site", "init", "--dir", str(copy)],
+                       check=True, capture_output=True, timeout=300)  # fmt: skip
         sites.append(copy)
     cfg = FederationConfig.from_mapping(
         {
