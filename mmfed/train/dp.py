@@ -23,6 +23,11 @@ from mmfed.train.loop import Metrics, _Tally, batch_to, is_empty, make_optimizer
 # measured on the default model (BENCHMARKS.md, "DP step cost"): the fastest mode that is exact there
 DEFAULT_GRAD_SAMPLE_MODE = "ew"
 
+# The white-box empirical audit's hook, called with (DP optimizer, dataset, q) once the optimizer is built.
+# Set only by mmfed.audit.gradient_canaries.inserted (a context manager) in the auditor's own process:
+# no setting, run config, policy or message reaches it.
+_audit_hook = None
+
 
 class SecretPoissonBatches:
     """Opacus' Poisson sampling, drawn from the site's secret source: each of the step's `batches` draws
@@ -140,6 +145,8 @@ def train_private(
             grad_sample_mode=grad_sample_mode,
         )
     use_secret_noise(private_opt, randomness, geometry.expected_batch_size)
+    if _audit_hook is not None:
+        _audit_hook(private_opt, dataset, geometry.sample_rate)
     tally = _Tally()
     try:
         for _ in range(geometry.local_epochs):
