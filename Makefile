@@ -12,7 +12,7 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup run flwr-run test test-fast bench lint clean
+.PHONY: setup run run-plain flwr-run test test-fast bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,13 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# private and secure: public pretraining (cached), DP at every site (ε ≤ 3), SecAgg+, then the ledgers' audit
 run: setup
 	$(BIN)/mmfed simulate --config simulations/digits-av.toml
+
+# the same federation without privacy (no DP, no SecAgg+, random initial weights), for comparison
+run-plain: setup
+	$(BIN)/mmfed simulate --config simulations/digits-av-plain.toml
 
 # the same apps under Flower's own launcher; `flwr run` leaves a local SuperLink behind: stop it
 flwr-run: setup

@@ -32,7 +32,9 @@ ORDER = [
     "missing_modality",
     "covid_cxr",
     "minilm_dp",
+    "deployment_optimisation",
     "reliability",
+    "empirical_audit",
 ]
 TARGET = REPO / "BENCHMARKS.md"
 

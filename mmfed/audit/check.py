@@ -219,3 +219,18 @@ def check_anchors(audits: list[SiteAudit], run_dirs: list[Path]) -> int:
                     "the ledger was rewritten after that release"
                 )
     return checked
+
+
+def audit_run(
+    state_dir: Path, run_dir: Path | None = None, thorough: bool = True
+) -> tuple[list[SiteAudit], int]:
+    """What `mmfed audit STATE_DIR --anchors RUN_DIR [--thorough]` checks, for `mmfed simulate` to print
+    after a private run: every site home under `state_dir` that has a ledger, and the server's anchors
+    of `run_dir` (when it wrote any). Returns the audits and the number of anchors checked."""
+    from mmfed.server.rundir import ANCHORS
+
+    audits = [audit_ledger(path, home, None, thorough) for path, home in find_ledgers([Path(state_dir)])]
+    anchors = 0
+    if run_dir is not None and (Path(run_dir) / ANCHORS).is_file():
+        anchors = check_anchors(audits, [Path(run_dir)])
+    return audits, anchors

@@ -195,6 +195,55 @@ def print_text(audits: list[SiteAudit], console) -> None:
         console.print("[bold green]PASSED[/]: every ledger verifies and every site is within its cap")
 
 
+VERDICT_HEADER = ["site", "rounds", "ε PRV", "ε PLD", "δ", "cap", "status"]
+
+
+def verdict_rows(audits: list[SiteAudit]) -> list[list[str]]:
+    """One row per site budget: the ledger's cumulative ε (PRV), the independent recomputation by
+    dp-accounting's PLD accountant (thorough audits; "-" otherwise), δ, the cap and the site's status."""
+    rows = []
+    for a in audits:
+        if not a.budgets:
+            rows.append(
+                [a.site, str(len(a.entries)), "-", "-", "-", "-", "FAILED" if a.problems else "empty"]
+            )
+        for b in a.budgets:
+            status = "FAILED" if a.problems else ("OVER CAP" if b.over_cap else "ok")
+            pld = b.checks.get("pld_dp_accounting")
+            cap = "none" if b.cap is None else f"{b.cap:g}"
+            rows.append(
+                [a.site, str(b.releases), _fmt(b.epsilon_prv), _fmt(pld), f"{b.delta:g}", cap, status]
+            )
+    return rows
+
+
+def print_verdict(audits: list[SiteAudit], console, title: str, anchors: int = 0) -> bool:
+    """The short form of the report (`mmfed simulate` after a private run): the per-site table, any
+    problem, and the verdict line. Returns whether the audit passed."""
+    from rich.table import Table
+
+    table = Table(title=title, caption="ε PLD: recomputed from the ledger by dp-accounting's PLD accountant")
+    for column in VERDICT_HEADER:
+        table.add_column(column, no_wrap=column == "site")
+    for row in verdict_rows(audits):
+        table.add_row(*row, style=None if row[-1] == "ok" else "bold red")
+    console.print(table)
+    problems = _problems(audits)
+    for problem in problems:
+        console.print(f"[bold red]FAILED[/] {problem}", highlight=False)
+    if problems:
+        return False
+    capped = all(b.cap is not None for a in audits for b in a.budgets)
+    console.print(
+        "[bold green]audit PASSED[/]: every ledger verifies (hash chain, every signature"
+        + (f", the server's {anchors} anchors" if anchors else "")
+        + "), every ε recomputes independently"
+        + (" and every site is within its cap" if capped else "; no cap: no site has a policy of its own"),
+        highlight=False,
+    )
+    return True
+
+
 def plot_epsilon(audits: list[SiteAudit], folder: Path) -> Path:
     """Cumulative ε (PRV) after each released round, one line per site."""
     import matplotlib

@@ -19,7 +19,10 @@ class OnBadRow(StrEnum):
 
 ScenarioOpt = Annotated[
     str,
-    typer.Option(help="digits-av (embedded); fsdd-mnist, covid-cxr, grid-av (need --data-dir); synthetic"),
+    typer.Option(
+        help="digits-av (embedded); digits-public (embedded, public); fsdd-mnist, covid-cxr, grid-av "
+        "(need --data-dir); synthetic"
+    ),
 ]
 DataDirOpt = Annotated[
     Path | None,

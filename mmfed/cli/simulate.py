@@ -58,13 +58,15 @@ def simulate(
     try:
         check_resources(cpus_per_site, gpus_per_site, ray_address)
         cfg = prepare_simulation(config, {k: v for k, v in settings.items() if v is not None})
-    except MMFedError as exc:
+        cfg = _initial_model(cfg)
+    except (MMFedError, FloatingPointError) as exc:  # FloatingPointError: pretraining diverged
         fail(exc)
     console.print(
         f"[bold]{cfg.scenario}[/]: {cfg.sites} sites, {cfg.rounds} rounds, {cfg.fusion} fusion, "
         f"partition {escape(cfg.partition)}"
         + (", SecAgg+" if cfg.secure_aggregation else "")
-        + (", DP" if cfg.private else "")
+        + (f", DP (target ε {cfg.target_epsilon:g} per site)" if cfg.target_epsilon else "")
+        + (", DP" if cfg.private and not cfg.target_epsilon else "")
         + f"; results in {escape(cfg.run_dir)}",
         highlight=False,
     )
@@ -82,6 +84,32 @@ def simulate(
     except MMFedError as exc:  # anything else is a bug: _guarded logs it, the screen gets one line
         fail(exc)
     _print_summary(cfg, summary)
+
+
+def _initial_model(cfg):
+    """`initial-model = pretrained:NAME`: the cached public model (trained first, with a progress bar, when
+    this is the first run that needs it), and a line saying what the run starts from."""
+    from mmfed.cli.train import _progress as train_progress
+    from mmfed.server.prepare import resolve_initial_model
+    from mmfed.train.pretrained import is_pretrained
+
+    name = cfg.initial_model
+    if not is_pretrained(name):
+        return cfg
+    bar, hooks = train_progress()
+    with bar:
+        cfg, found = resolve_initial_model(
+            cfg, on_train=lambda line: bar.console.print(line, highlight=False, markup=False), progress=hooks
+        )
+    summary = found.summary
+    console.print(
+        f"initial model: {name}, {'trained now' if found.trained else 'cached'} "
+        f"({summary['public_test_accuracy']:.2%} on its {summary['public_test_examples']} public test "
+        "examples)" + ("; the sites train only its fusion + classifier" if cfg.freeze_encoders else ""),
+        highlight=False,
+        markup=False,
+    )
+    return cfg
 
 
 def _progress(cfg):
@@ -120,12 +148,12 @@ def _print_summary(cfg, summary: dict) -> None:
         else "no round completed"
     )
     if summary.get("site_epsilon"):
-        _print_site_epsilon(summary)
+        _print_audited_epsilon(cfg, summary)
     elif not cfg.private:
         console.print("no differential privacy in this run (give --target-epsilon or --noise-multiplier)")
+    plots = [p for p in ("global_metrics.png", "site_accuracy.png") if (Path(cfg.run_dir) / p).is_file()]
     console.print(
-        f"results: {cfg.run_dir}/ (metrics.jsonl, summary.json, checkpoints/, "
-        "global_metrics.png, site_accuracy.png)"
+        f"results: {cfg.run_dir}/ ({', '.join(['metrics.jsonl', 'summary.json', 'checkpoints/', *plots])})"
     )
 
 
@@ -148,3 +176,25 @@ def _print_site_epsilon(summary: dict) -> None:
     console.print(
         f"max ε over sites: {summary['epsilon_prv_max']:.3f} (PRV), {summary['epsilon_rdp_max']:.3f} (RDP)"
     )
+
+
+def _print_audited_epsilon(cfg, summary: dict) -> None:
+    """After a private run: each site's ε as its ledger records it, audited from outside (hash chain,
+    every signature, the server's anchors, ε recomputed by dp-accounting: `mmfed audit STATE_DIR --anchors
+    RUN_DIR --thorough`), and the verdict. Without a readable state dir: the sites' own reports."""
+    from mmfed.audit.check import audit_run
+    from mmfed.audit.report import print_verdict
+
+    try:
+        audits, anchors = audit_run(Path(cfg.state_dir), Path(cfg.run_dir))
+    except MMFedError as exc:
+        _print_site_epsilon(summary)
+        console.print(f"[bold red]audit FAILED[/]: {escape(str(exc))}", highlight=False)
+        return
+    title = f"privacy spent per site (cumulative), audited from its ledger in {cfg.state_dir}"
+    for site, reason in sorted(summary.get("sites_refused", {}).items()):
+        console.print(f"refused: {site}: {reason}", highlight=False, markup=False)
+    console.print(
+        f"max ε over sites: {summary['epsilon_prv_max']:.3f} (PRV), {summary['epsilon_rdp_max']:.3f} (RDP)"
+    )
+    print_verdict(audits, console, title, anchors)

@@ -60,6 +60,12 @@ def _check_modalities(modalities: str) -> None:
         parse_modalities(modalities)
 
 
+def _check_initial_model(value: str) -> None:
+    from mmfed.train.pretrained import check_name  # torch-free
+
+    check_name(value)
+
+
 def _check_device(device: str) -> None:
     if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", device):  # \d would take other scripts' digits
         raise ConfigError("device", f"{device!r}: use auto, cpu, cuda or cuda:N")
@@ -73,8 +79,9 @@ DP, SECAGG, SERVER, PATHS = "differential privacy", "secure aggregation", "serve
 class FederationConfig:
     # -- task --------------------------------------------------------------------------------------
     scenario: str = setting(
-        "digits-av", TASK, "built-in scenario: digits-av (embedded data), fsdd-mnist, covid-cxr, grid-av "
-        "(these read data-dir), synthetic (generated)", choices=_scenarios,
+        "digits-av", TASK, "built-in scenario: digits-av (embedded data), digits-public (embedded public "
+        "data, what pretrained:digits-public trains on), fsdd-mnist, covid-cxr, grid-av (these read "
+        "data-dir), synthetic (generated)", choices=_scenarios,
     )  # fmt: skip
     task: str = setting(
         "", TASK, "task.toml declaring labels, modalities, tensor settings and model; empty: the scenario's "
@@ -131,8 +138,10 @@ class FederationConfig:
         False, MODEL, "train only fusion + classifier (DP fine-tuning of a pretrained initial-model)"
     )
     initial_model: str = setting(
-        "", MODEL, "safetensors weights to start from (e.g. `mmfed train` on public data); empty: random"
-    )
+        "", MODEL, "safetensors weights to start from (e.g. `mmfed train` on public data), or "
+        "pretrained:digits-public: trained on the built-in public scenario once, then cached; empty: random",
+        check=_check_initial_model,
+    )  # fmt: skip
     # -- local training ----------------------------------------------------------------------------
     local_epochs: int = setting(1, TRAINING, "epochs each site trains per round", range=at_least(1))
     batch_size: int = setting(
@@ -164,6 +173,11 @@ class FederationConfig:
     delta: float = setting(
         1e-5, DP, "δ for sites without a policy of their own (a site.toml's δ wins)",
         range=between(0, 1, "()", "(e.g. 1e-5)"),
+    )  # fmt: skip
+    site_max_epsilon: float = setting(
+        0.0, DP, "simulation: the ε cap (PRV, over every release of the site, whatever the run) of simulated "
+        "sites without a site.toml of their own; 0: no cap (a deployed site's cap is its site.toml's)",
+        range=at_least(0, "(0: no cap)"),
     )  # fmt: skip
     grad_sample_mode: str = setting(
         "ew", DP, "Opacus per-sample gradients: ew (fastest here), hooks or functorch",
@@ -303,13 +317,22 @@ class FederationConfig:
         return self.target_epsilon > 0 or self.noise_multiplier > 0
 
     def identity_hash(self) -> str:
-        """What must not change between a run and its resumption (not rounds, run dir or resume)."""
-        keep = {k: v for k, v in to_jsonable(self).items() if k not in RESUMABLE_SETTINGS}
+        """What must not change between a run and its resumption (not rounds, run dir or resume). A
+        setting added later counts only when it differs from its default, so that a run recorded before
+        it keeps its identity and can still be resumed."""
+        defaults = FederationConfig()
+        keep = {
+            k: v
+            for k, v in to_jsonable(self).items()
+            if k not in RESUMABLE_SETTINGS and not (k in ADDED_SETTINGS and v == getattr(defaults, k))
+        }
         return config_hash(keep)
 
 
 # settings that may differ between a run and its resumption
 RESUMABLE_SETTINGS = tuple(f.name for f in dataclasses.fields(FederationConfig) if f.metadata["resumable"])
+# settings added after runs were recorded without them (identity_hash leaves them out at their default)
+ADDED_SETTINGS = ("site_max_epsilon",)
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:

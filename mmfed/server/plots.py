@@ -1,5 +1,5 @@
 """PNG plots of a federated run, from its metrics.jsonl: global accuracy and loss per round, accuracy per
-site per round."""
+site per round (when the server saw any site's own evaluation: not under SecAgg+)."""
 
 from __future__ import annotations
 
@@ -38,6 +38,8 @@ def write_plots(rows: list[dict[str, Any]], out_dir: Path, title: str = "") -> l
     for r in rows:
         if r.get("kind") == "evaluate":
             per_site[r["site"]].append((r["round"], 100 * r["accuracy"]))
+    if not per_site:  # SecAgg+: the sites' evaluations reach the server summed, no site's on its own
+        return written
     fig, ax = plt.subplots(figsize=(7, 4))
     for site in sorted(per_site):
         points = sorted(per_site[site])

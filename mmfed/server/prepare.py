@@ -86,7 +86,9 @@ def check_run_paths(cfg: FederationConfig, run_dir: Path) -> None:
 
 def check_run_files(cfg: FederationConfig) -> None:
     """The files a run reads, checked now rather than after the sites have trained a round."""
-    if cfg.initial_model:
+    from mmfed.train.pretrained import is_pretrained
+
+    if cfg.initial_model and not is_pretrained(cfg.initial_model):  # pretrained:NAME: resolve_initial_model
         check_checkpoint_file(Path(cfg.initial_model))
     if cfg.server_test_dir:
         if not (Path(cfg.server_test_dir) / "manifest.csv").is_file():
@@ -133,7 +135,10 @@ def prepare_simulation(config: Path | None, options: dict[str, Any]) -> Federati
     (Ray's worker processes need not share this working directory)."""
     cfg = FederationConfig.from_toml(config, **options) if config else FederationConfig.from_mapping(options)
     target = Path(cfg.run_dir) if cfg.run_dir else new_run_dir("fed", cfg.scenario)
-    reads = [config, cfg.initial_model or None]
+    from mmfed.train.pretrained import is_pretrained
+
+    model_file = cfg.initial_model if cfg.initial_model and not is_pretrained(cfg.initial_model) else None
+    reads = [config, model_file]
     refuse_protected("--run-dir", target, reads, folder=True, instead="choose another --run-dir")
     if cfg.state_dir:  # by design STATE_DIR/<site> are site homes: only not inside a site's keys/, state/
         refuse_protected(
@@ -158,5 +163,23 @@ def prepare_simulation(config: Path | None, options: dict[str, Any]) -> Federati
         data_dir=absolute(cfg.data_dir),
         cache_dir=absolute(cfg.cache_dir),
         state_dir=absolute(cfg.state_dir or str(target / "sites")),
-        initial_model=absolute(cfg.initial_model),
+        initial_model=cfg.initial_model if is_pretrained(cfg.initial_model) else absolute(cfg.initial_model),
     )
+
+
+def resolve_initial_model(cfg: FederationConfig, on_train=None, progress=None):
+    """`initial-model = pretrained:NAME` -> (the run config with the cached model file instead, what
+    mmfed.train.pretrained says of it); trained first (on public data only) when it is not cached yet.
+    Any other run config comes back as it is, with None."""
+    from mmfed.train.pretrained import is_pretrained, pretrained_model
+
+    if not is_pretrained(cfg.initial_model):
+        return cfg, None
+    from mmfed.data.cache import default_cache_dir
+    from mmfed.federation.run_task import run_task
+
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    found = pretrained_model(
+        cfg.initial_model, run_task(cfg), cache, device=cfg.device, on_train=on_train, progress=progress
+    )
+    return cfg.replace(initial_model=str(found.path)), found

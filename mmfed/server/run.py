@@ -30,7 +30,7 @@ from mmfed.models import build_model
 from mmfed.runs import new_run_dir
 from mmfed.server.lost_sites import SiteNamingGrid
 from mmfed.server.plots import write_plots
-from mmfed.server.prepare import natural_sites
+from mmfed.server.prepare import natural_sites, resolve_initial_model
 from mmfed.server.resume import Resume
 from mmfed.server.rundir import RunDir, held
 from mmfed.server.strategy import RunRecorder, build_strategy
@@ -145,6 +145,7 @@ def run_server(
         cfg = natural_sites(cfg, flwr=True)
     if not cfg.run_dir:
         cfg = cfg.replace(run_dir=str(new_run_dir("fed", cfg.scenario)))
+    cfg, _ = resolve_initial_model(cfg)  # pretrained:NAME (flwr run; `mmfed simulate` resolved it already)
     with held(Path(cfg.run_dir), create=not cfg.resume):  # one run at a time in a run directory
         return _run(grid, context, cfg, on_round)
 

@@ -33,6 +33,10 @@ from mmfed.federation.secagg import check_range
 from mmfed.privacy.budget import REFUSALS, Refusal
 
 log = logging.getLogger("mmfed.site")
+# Opacus calls logging.basicConfig() when imported, so the root logger of a site's process prints every
+# record that reaches it: Flower's DEBUG lines too (each SecAgg+ stage of every round, on the screen of a
+# simulation). Flower's records go to Flower's own console handler (INFO and above) only.
+logging.getLogger("flwr").propagate = False
 
 # set while a train message really runs through secaggplus_mod: the site's own knowledge of whether its
 # reply is masked (the run config's secure-aggregation flag is only what the server says)

@@ -94,13 +94,17 @@ class SiteRuntime:
             default = None
             if not self.deployed:
                 default = SitePolicy(
-                    max_epsilon=math.inf,
+                    max_epsilon=cfg.site_max_epsilon or math.inf,
                     delta=cfg.delta,
                     min_noise_multiplier=0.0,
                     max_clipping_norm=math.inf,
                     max_sample_rate=1.0,
                     secure_rng=False,  # fresh torch generator from OS entropy: faster in simulation
-                    source="simulation default (no site.toml: no cap)",
+                    source=(
+                        f"simulation default (no site.toml; site-max-epsilon {cfg.site_max_epsilon:g})"
+                        if cfg.site_max_epsilon
+                        else "simulation default (no site.toml: no cap)"
+                    ),
                 )
             fingerprint = data_fingerprint(self.all_train)
             self._budget = SiteBudget(self.home, fingerprint, site=self.name, simulated_policy=default)

@@ -91,6 +91,35 @@ def test_site_over_its_cap_refuses_and_the_run_goes_on(cfg, tmp_path):
     assert summary["site_epsilon"]["site_00001"]["epsilon_prv"] == pytest.approx(one, abs=1e-9)
 
 
+@pytest.mark.slow  # two DP rounds, ~10 s (minutes on a loaded machine)
+def test_site_max_epsilon_caps_the_simulated_sites_that_have_no_policy_of_their_own(cfg, tmp_path):
+    scenario = run_scenario(cfg, run_task(cfg))
+    spent = []
+    for index in (0, 1):
+        _, samples = site_samples(cfg, scenario, index, cfg.sites)
+        q, steps = dp_geometry(
+            rounded_size(sum(s.split == "train" for s in samples)), cfg.batch_size, cfg.local_epochs
+        )
+        spent.append([accounting.epsilon_prv([(1.2, q, steps * k)], 1e-5) for k in (1, 2)])
+    cap = (max(one for one, _ in spent) + min(two for _, two in spent)) / 2
+    own = tmp_path / "state" / "site_00002"
+    own.mkdir(parents=True)
+    (own / "site.toml").write_text(SitePolicy(max_epsilon=100.0, max_sample_rate=1.0).template())
+    summary = run(cfg.replace(rounds=2, min_sites=1, site_max_epsilon=cap))
+    rows = [json.loads(x) for x in open(f"{cfg.run_dir}/metrics.jsonl").read().splitlines()]
+    status = {(r["round"], r["site"]): r for r in rows if r["kind"] == "fit"}
+    assert all(status[(1, f"site_0000{i}")]["status"] == "accepted" for i in range(3))
+    for site in ("site_00000", "site_00001"):  # the default policy's cap: round 2 would pass it
+        assert status[(2, site)]["status"] == "refused" and "(budget)" in status[(2, site)]["reason"]
+        (entry,) = ledger_entries(cfg, site)
+        assert entry["max_epsilon"] == pytest.approx(cap)  # signed into the ledger, so the audit sees it
+        home = tmp_path / "state" / site
+        (budget,) = audit_ledger(home / LEDGER, home).budgets
+        assert budget.cap == pytest.approx(cap) and not budget.over_cap
+    assert status[(2, "site_00002")]["status"] == "accepted"  # its own site.toml wins
+    assert summary["rounds_completed"] == 2
+
+
 def test_non_private_run_leaves_no_privacy_state_but_a_site_policy_refuses_it(cfg, tmp_path):
     plain = cfg.replace(noise_multiplier=0.0, rounds=1)
     home = tmp_path / "state" / "site_00002"

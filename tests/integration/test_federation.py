@@ -281,4 +281,23 @@ def test_round_learning_rate_decays_from_lr_to_a_tenth():
 @pytest.mark.parametrize("path", sorted(REPO.glob("simulations/*.toml")), ids=lambda p: p.stem)
 def test_every_scenario_file_is_a_valid_run_config(path):
     cfg = FederationConfig.from_toml(path)
-    assert cfg.scenario == path.stem or path.stem == "synthetic-scale"
+    assert cfg.scenario == path.stem.removesuffix("-plain") or path.stem == "synthetic-scale"
+
+
+def test_the_default_run_is_private_and_secure_and_the_plain_one_is_neither():
+    """`make run`: public pretraining, DP at every site (ε ≤ 3), SecAgg+; `make run-plain`: none of it."""
+    default = FederationConfig.from_toml(REPO / "simulations/digits-av.toml")
+    assert (
+        default.private
+        and 0 < default.target_epsilon <= 3
+        and default.site_max_epsilon == default.target_epsilon
+    )
+    assert default.secure_aggregation and default.freeze_encoders
+    assert default.initial_model == "pretrained:digits-public"
+    plain = FederationConfig.from_toml(REPO / "simulations/digits-av-plain.toml")
+    assert not plain.private and not plain.secure_aggregation and not plain.initial_model
+    same = ("scenario", "sites", "partition", "fusion", "rounds", "local_epochs", "batch_size", "min_sites")
+    assert all(getattr(plain, k) == getattr(default, k) for k in same)
+    makefile = (REPO / "Makefile").read_text()
+    assert "simulate --config simulations/digits-av.toml" in makefile
+    assert "simulate --config simulations/digits-av-plain.toml" in makefile

@@ -71,7 +71,7 @@ def test_simulate_with_dp_and_secagg_prints_epsilon_and_its_ledgers_pass_the_aud
         "simulate", "--scenario", "synthetic", "--sites", "2", "--rounds", "2", "--modalities", "image",
         "--fusion", "late", "--min-sites", "2", "--cache-dir", str(tmp_path / "cache"),
         "--run-dir", str(tmp_path / "run"), "--target-epsilon", "4", "--max-grad-norm", "1.0",
-        "--state-dir", str(state), "--secure-aggregation",
+        "--state-dir", str(state), "--secure-aggregation", "--site-max-epsilon", "4",
     ]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -81,6 +81,14 @@ def test_simulate_with_dp_and_secagg_prints_epsilon_and_its_ledgers_pass_the_aud
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert set(summary["site_epsilon"]) == {"site_00000", "site_00001"}
     assert 3.5 < summary["epsilon_prv_max"] <= 4.0  # the target, spent over the whole planned run
+    # the run ends with the sites' ledgers audited: each site's cumulative ε (the ledger's, as printed
+    # by the sites) with its cap, and the verdict
+    said = " ".join(result.output.split())  # the console wraps at its width
+    assert "audited from its ledger" in said and "audit PASSED" in said
+    assert "the server's 4 anchors" in said and "within its cap" in said
+    for site, eps in summary["site_epsilon"].items():
+        row = next(line for line in result.output.splitlines() if site in line and "1e-05" in line)
+        assert f"{eps['epsilon_prv']:.3f}" in row and " 4 " in row and "ok" in row
     audit = CliRunner().invoke(app, ["audit", str(state), "--format", "md"])
     assert audit.exit_code == 0 and "PASSED" in audit.output, audit.output
 

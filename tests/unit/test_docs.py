@@ -185,6 +185,10 @@ def command_problem(line: str, tree: dict[tuple[str, ...], click.Command]) -> st
         word = rest.pop(0)
         if is_placeholder(word):
             return None  # `mmfed ...`: a placeholder, not a command
+        if (*path, word) not in tree and (default := getattr(tree[path], "default_command", None)):
+            rest.insert(0, word)  # `mmfed audit DIR...`: the group's default command takes it
+            path = (*path, default)
+            break
         if (*path, word) not in tree:
             known = ", ".join(sorted(tree[path].commands))  # type: ignore[attr-defined]
             return f"'mmfed {' '.join((*path, word))}' is not a command (mmfed {' '.join(path)}: {known})"
@@ -241,6 +245,8 @@ def test_checker_catches_bad_commands(command_tree):
     assert command_problem("mmfed simulate --config x.toml --rounds 3", command_tree) is None
     assert command_problem("mmfed site init --dir /data/a  # comment --nonsense", command_tree) is None
     assert command_problem("mmfed audit a b --format json > out.json", command_tree) is None
+    assert command_problem("mmfed audit empirical --canaries 500 --mode gradient", command_tree) is None
+    assert "no option --canaries" in command_problem("mmfed audit a --canaries 5", command_tree)
     assert command_problem("mmfed ... --anything", command_tree) is None
     assert "not a command" in command_problem("mmfed simulat --rounds 3", command_tree)
     assert "no option --round" in command_problem("mmfed simulate --round 3", command_tree)

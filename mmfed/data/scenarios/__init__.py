@@ -2,6 +2,8 @@
 modalities, tensor settings: `Scenario.task`, what `mmfed data prepare` writes as task.toml).
 
 - `digits-av`  (default, embedded) scikit-learn's handwritten digits + espeak-ng spoken digits, 6 voice sites
+- `digits-public` (embedded) typeset digits + spoken digits in other voices: public pretraining data that
+               no digits-av site holds (what `make run` pretrains on)
 - `fsdd-mnist` (needs --data-dir)  FSDD spoken digits + MNIST images, 6 speaker sites
 - `covid-cxr`  (needs --data-dir) chest X-ray + clinical note, COVID-19 vs other, regional hospital sites
 - `grid-av`    (needs --data-dir) GRID clips: video + audio + transcript, a smoke test of every modality
@@ -60,6 +62,9 @@ BUILTINS = {
     b.name: b
     for b in (
         Builtin("digits-av", DIGITS, ("image", "audio"), "digits_av:build_sites"),
+        Builtin(
+            "digits-public", DIGITS, ("image", "audio"), "digits_public:build_sites", natural_sites=True
+        ),
         Builtin(
             "fsdd-mnist", DIGITS, ("image", "audio"), "fsdd_mnist:build_sites",
             needs="a folder with fsdd/ and mnist/", natural_sites=True,
