@@ -5,8 +5,7 @@ records, 10x the bytes to read and fingerprint). Each message runs in a fresh Py
 1.42's `flwr-clientapp` does: without a worker that process builds the site (torch, model, manifest, data
 fingerprint) and trains; with `mmfed site serve` up, it only forwards the message to the worker. DP-SGD
 (σ = 1) fit and evaluate messages of rounds 1-2 (a site evaluates each round's model once), interleaved,
-side by side. The overhead
-of a fit message is its wall time less the local training the site logs (`train_seconds`): the goal is an
+side by side. The overhead of a fit message is its wall time less the local training the site logs (`train_seconds`): the goal is an
 overhead that stays flat from 1x to 10x the data.
 
     .venv/bin/python benchmarks/message_cost.py
@@ -159,10 +158,10 @@ def main() -> str:
                 "data",
                 "message handled",
                 "fit round 1 s",
-                "fit rounds 2-3 s (median)",
-                "local training s",
-                "fit overhead s",
-                "evaluate s",
+                "fit round 2 s",
+                "local training s (round 2)",
+                "fit overhead s (round 2)",
+                "evaluate s (round 2)",
             ],
             rows,
         ),  # fmt: skip
