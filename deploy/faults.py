@@ -33,13 +33,12 @@ import argparse
 import json
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from harness import Federation, log, signal_all, stop_all, wait_for
+from harness import Federation, log, run_script, signal_all, wait_for
 
 SITES = 3
 # every deployed site enforces DP (a site with a policy never releases a non-private update)
@@ -259,14 +258,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that `finally` stops everything
-    code = 1
-    try:
-        code = main()
-    except Exception as exc:  # report, then clean up
-        log(f"FAILED: {exc}")
-    except KeyboardInterrupt:
-        log("interrupted")
-    finally:
-        stop_all()
-    sys.exit(code)
+    run_script(main)

@@ -156,6 +156,24 @@ def stop_all() -> None:
     stop(PROCS, PORTS)
 
 
+def run_script(main) -> None:
+    """Run a script's `main` (its exit code), reporting a failure, and stop every process it started,
+    also on SIGTERM and Ctrl-C."""
+    import sys
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that `finally` stops everything
+    code = 1
+    try:
+        code = main()
+    except Exception as exc:  # report, then clean up
+        log(f"FAILED: {exc}")
+    except KeyboardInterrupt:
+        log("interrupted")
+    finally:
+        stop_all()
+    sys.exit(code)
+
+
 class Federation:
     """The certificates, sites, SuperLink, workers and SuperNodes of one loopback federation in `work`."""
 

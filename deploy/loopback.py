@@ -15,14 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from harness import ANSI, REPO, Federation, log, start, stop, stop_all
+from harness import ANSI, REPO, Federation, log, run_script, start, stop
 
 SITES = 3
 
@@ -178,14 +176,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that `finally` stops everything
-    code = 1
-    try:
-        code = main()
-    except Exception as exc:  # report, then clean up
-        log(f"FAILED: {exc}")
-    except KeyboardInterrupt:
-        log("interrupted")
-    finally:
-        stop_all()
-    sys.exit(code)
+    run_script(main)

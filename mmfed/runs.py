@@ -27,3 +27,20 @@ def claim_run_dir(path: Path, resume: bool = False, resumable: bool = False) -> 
         )
         raise MMFedError(f"{path}: run directory is not empty; {how} (nothing was changed)")
     return existing
+
+
+def check_new_folder(path: Path, option: str, earlier: str = "") -> None:
+    """Refused before anything runs (nothing is overwritten): `path` a file, under a file, or a folder that
+    is not empty. `option` names the setting in the message; `earlier`, what such a folder likely holds."""
+    path = Path(path)
+    for part in (path, *path.parents):
+        if part.exists() and not part.is_dir():
+            what = "is a file" if part == path else f"is under {part}, a file"
+            raise MMFedError(f"{option} {path}: {what}; choose a new {option} (nothing was changed)")
+        if part.exists():
+            break
+    if path.is_dir() and any(path.iterdir()):
+        held = f" ({earlier}?)" if earlier else ""
+        raise MMFedError(
+            f"{option} {path}: folder is not empty{held}; choose a new {option} (nothing was changed)"
+        )

@@ -22,6 +22,7 @@ import torch
 from mmfed.data.manifest import SPLITS
 from mmfed.errors import MMFedError
 from mmfed.files import write_atomic
+from mmfed.runs import check_new_folder
 from mmfed.use import metrics
 from mmfed.use.infer import Scores, score
 from mmfed.use.model_file import GlobalModel
@@ -44,18 +45,7 @@ CONVENTIONS = {
 
 def check_out_dir(out: Path) -> None:
     """Refused now, before the model runs: a file, or a folder that is not empty (nothing is overwritten)."""
-    out = Path(out)
-    for part in (out, *out.parents):
-        if part.exists() and not part.is_dir():
-            what = "is a file" if part == out else f"is under {part}, a file"
-            raise MMFedError(f"--out {out}: {what}; choose a new folder (nothing was changed)")
-        if part.exists():
-            break
-    if out.is_dir() and any(out.iterdir()):
-        raise MMFedError(
-            f"--out {out}: folder is not empty (an earlier evaluation?); choose a new --out (nothing was "
-            "changed)"
-        )
+    check_new_folder(out, "--out", "an earlier evaluation")
 
 
 @contextlib.contextmanager

@@ -31,6 +31,7 @@ import mmfed
 from mmfed.errors import MMFedError
 from mmfed.files import write_atomic
 from mmfed.protected import refuse_protected
+from mmfed.runs import check_new_folder
 from mmfed.train.loop import select_device
 from mmfed.use import measure, onnx_model, quantize, variants
 from mmfed.use.model_card import build_card, write_card
@@ -76,15 +77,7 @@ class ExportSettings:
 
 def check_out_dir(out: Path) -> None:
     """Refused before anything runs: a file, a folder under a file, or a folder that is not empty."""
-    out = Path(out)
-    for part in (out, *out.parents):
-        if part.exists() and not part.is_dir():
-            what = "is a file" if part == out else f"is under {part}, a file"
-            raise MMFedError(f"--out {out}: {what}; choose a new folder (nothing was changed)")
-        if part.exists():
-            break
-    if out.is_dir() and any(out.iterdir()):
-        raise MMFedError(f"--out {out}: folder is not empty (an earlier export?); choose a new --out")
+    check_new_folder(out, "--out", "an earlier export")
 
 
 @contextlib.contextmanager
