@@ -179,3 +179,17 @@ def test_run_directories_are_named_in_one_place(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = new_run_dir("train", "sites")
     assert path.parent == tmp_path.resolve() / "runs" and path.name.startswith("train-sites-")
+
+
+def test_a_setting_added_later_leaves_the_identity_of_older_runs_alone():
+    """A run recorded before site-max-epsilon existed (its config.json lacks it) can still be resumed;
+    a run that sets it is another run."""
+    from mmfed.config import config_hash, to_jsonable
+    from mmfed.federation.config import RESUMABLE_SETTINGS
+
+    cfg = FederationConfig(target_epsilon=3.0)
+    before = {
+        k: v for k, v in to_jsonable(cfg).items() if k not in RESUMABLE_SETTINGS and k != "site_max_epsilon"
+    }
+    assert cfg.identity_hash() == config_hash(before)
+    assert cfg.replace(site_max_epsilon=3.0).identity_hash() != cfg.identity_hash()
