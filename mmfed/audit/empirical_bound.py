@@ -3,9 +3,11 @@ training run", NeurIPS 2023).
 
 The experiment: m canaries, each included in training independently with probability 1/2 (S_i ∈ {-1, +1}).
 From scores computed after training the auditor guesses T_i ∈ {-1, 0, +1} (0: abstain) for r = |{T_i ≠ 0}|
-of them, v of the guesses right. What is implemented is the paper's main theorem for approximate DP
-(Theorem 3.2 there: "Main result — approximate DP"), in the form of its reference p-value code: if the
-mechanism is (ε, δ)-DP in the canaries' inclusion, then for every v
+of them, v of the guesses right. What is implemented is the paper's main result for approximate DP, in
+the form of the reference code printed in its Appendix D (arXiv 2305.08846: `p_value_DP_audit`, the
+p-value, and `get_eps_audit`, the bisection), which this module reproduces exactly (tested against a
+port of that code and against a direct sum): if the mechanism is (ε, δ)-DP in the canaries' inclusion,
+then for every v
 
     P[W ≥ v] ≤ f(v) + 2·m·δ · max_{i = 1..v} (f(v − i) − f(v)) / i,    f(u) = P[Binomial(r, p_ε) ≥ u],
 

@@ -87,3 +87,48 @@ def test_audit_bound_over_the_grid():
     noise = audit_bound(rng.normal(size=1000), coins, 1e-5)
     assert noise.epsilon_lower < 0.5 and noise.power == perfect.power
     assert perfect.grid == tuple(k_grid(1000)) and perfect.confidence == 0.95
+
+
+def appendix_d_p_value(m, r, v, eps, delta):
+    """The paper's Appendix D p-value (arXiv 2305.08846, `p_value_DP_audit`), loop for loop."""
+    from scipy import stats
+
+    q = 1 / (1 + math.exp(-eps))
+    beta = stats.binom.sf(v - 1, r, q)
+    alpha, total = 0.0, 0.0
+    for i in range(1, v + 1):
+        total += stats.binom.pmf(v - i, r, q)
+        if total > i * alpha:
+            alpha = total / i
+    return min(beta + alpha * delta * 2 * m, 1.0)
+
+
+def appendix_d_epsilon(m, r, v, delta, p):
+    """The paper's Appendix D `get_eps_audit`: bisection on the p-value."""
+    eps_min, eps_max = 0.0, 1.0
+    while appendix_d_p_value(m, r, v, eps_max, delta) < p:
+        eps_max += 1
+    for _ in range(30):
+        eps = (eps_min + eps_max) / 2
+        if appendix_d_p_value(m, r, v, eps, delta) < p:
+            eps_min = eps
+        else:
+            eps_max = eps
+    return eps_min
+
+
+@pytest.mark.parametrize(
+    "m,r,v,delta", [(1000, 100, 80, 1e-5), (1000, 1000, 620, 1e-5), (5000, 50, 50, 1e-5), (200, 20, 17, 0.0)]
+)
+def test_matches_the_papers_appendix_d_code(m, r, v, delta):
+    for eps in (0.0, 0.5, 2.0, 5.0):
+        assert p_value(m, r, v, eps, delta) == pytest.approx(
+            appendix_d_p_value(m, r, v, eps, delta), rel=1e-9
+        )
+    # δ is charged for all m canaries, guessed or not: more canaries, same guesses, a weaker bound
+    assert p_value(2 * m, r, v, 1.0, delta) >= p_value(m, r, v, 1.0, delta)
+    # the same ε̂ as the paper's bisection (which stops after 30 halvings of a unit interval)
+    assert epsilon_lower_bound(m, r, v, delta, 0.05) == pytest.approx(
+        appendix_d_epsilon(m, r, v, delta, 0.05),
+        abs=2e-9 * max(1.0, epsilon_lower_bound(m, r, v, delta, 0.05)),
+    )
