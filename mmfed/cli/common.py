@@ -20,13 +20,15 @@ class OnBadRow(StrEnum):
 ScenarioOpt = Annotated[
     str,
     typer.Option(
-        help="digits-av (embedded); digits-public (embedded, public); fsdd-mnist, covid-cxr, grid-av "
-        "(need --data-dir); synthetic"
+        help="digits-av (embedded); digits-public (embedded, public); fsdd-mnist, fsdd-mnist-public "
+        "(public), covid-cxr, grid-av (need --data-dir); synthetic"
     ),
 ]
 DataDirOpt = Annotated[
     Path | None,
-    typer.Option(help="folder with the real data a scenario reads (fsdd-mnist, covid-cxr, grid-av)"),
+    typer.Option(
+        help="folder with the real data a scenario reads (fsdd-mnist, fsdd-mnist-public, covid-cxr, grid-av)"
+    ),
 ]
 CacheOpt = Annotated[
     Path | None, typer.Option(help="where scenarios and features are cached [$MMFED_CACHE_DIR]")

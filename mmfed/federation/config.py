@@ -80,8 +80,9 @@ class FederationConfig:
     # -- task --------------------------------------------------------------------------------------
     scenario: str = setting(
         "digits-av", TASK, "built-in scenario: digits-av (embedded data), digits-public (embedded public "
-        "data, what pretrained:digits-public trains on), fsdd-mnist, covid-cxr, grid-av (these read "
-        "data-dir), synthetic (generated)", choices=_scenarios,
+        "data, what pretrained:digits-public trains on), fsdd-mnist, fsdd-mnist-public (the MNIST images no "
+        "fsdd-mnist site holds, what pretrained:fsdd-mnist-public trains on), covid-cxr, grid-av (these "
+        "read data-dir), synthetic (generated)", choices=_scenarios,
     )  # fmt: skip
     task: str = setting(
         "", TASK, "task.toml declaring labels, modalities, tensor settings and model; empty: the scenario's "
@@ -93,7 +94,8 @@ class FederationConfig:
     data_dir: str = setting(
         "",
         TASK,
-        "folder with the real data a scenario reads (fsdd-mnist: fsdd/ and mnist/; covid-cxr; grid-av)",
+        "folder with the real data a scenario reads (fsdd-mnist and fsdd-mnist-public: fsdd/ and mnist/; "
+        "covid-cxr; grid-av)",
     )
     sites: int = setting(
         2, TASK, "number of sites (flwr run: as many as --federation-config num-supernodes; scenarios with "
@@ -139,7 +141,8 @@ class FederationConfig:
     )
     initial_model: str = setting(
         "", MODEL, "safetensors weights to start from (e.g. `mmfed train` on public data), or "
-        "pretrained:digits-public: trained on the built-in public scenario once, then cached; empty: random",
+        "pretrained:digits-public or pretrained:fsdd-mnist-public (reads data-dir): trained on that built-in "
+        "public scenario once, then cached; empty: random",
         check=_check_initial_model,
     )  # fmt: skip
     # -- local training ----------------------------------------------------------------------------

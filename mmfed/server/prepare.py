@@ -180,6 +180,13 @@ def resolve_initial_model(cfg: FederationConfig, on_train=None, progress=None):
 
     cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     found = pretrained_model(
-        cfg.initial_model, run_task(cfg), cache, device=cfg.device, on_train=on_train, progress=progress
+        cfg.initial_model,
+        run_task(cfg),
+        cache,
+        device=cfg.device,
+        on_train=on_train,
+        progress=progress,
+        data_dir=cfg.data_dir or None,
+        seed=cfg.seed,
     )
     return cfg.replace(initial_model=str(found.path)), found

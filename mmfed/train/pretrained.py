@@ -43,6 +43,11 @@ RECIPES: dict[str, Recipe] = {
     "digits-public": Recipe(
         "digits-public", "digits_public", TrainConfig(epochs=10, batch_size=64, lr=2e-3, seed=0)
     ),
+    # MNIST images no fsdd-mnist site holds + synthetic speech (mmfed.data.scenarios.fsdd_mnist_public);
+    # reads the run's data-dir, and is built for the run's seed (which decides the sites' images)
+    "fsdd-mnist-public": Recipe(
+        "fsdd-mnist-public", "fsdd_mnist_public", TrainConfig(epochs=5, batch_size=64, lr=2e-3, seed=0)
+    ),
 }
 
 
@@ -64,7 +69,16 @@ class Pretrained:
     summary: dict[str, Any]  # what recipe.json holds: the recipe, the key, the public test accuracy
 
 
-def cache_root(name: str, task, cache_dir: Path) -> tuple[Path, dict[str, Any]]:
+def reads_data(name: str) -> bool:
+    """The recipe's public scenario reads real data (the run's data-dir), and is built per run seed."""
+    from mmfed.data.scenarios import builtin
+
+    return bool(builtin(RECIPES[name].scenario).needs)
+
+
+def cache_root(
+    name: str, task, cache_dir: Path, data_dir: Path | None = None, seed: int = 0
+) -> tuple[Path, dict[str, Any]]:
     """Where the model of recipe `name` for this task's model lives, and the settings that key it."""
     import importlib
 
@@ -79,6 +93,8 @@ def cache_root(name: str, task, cache_dir: Path) -> tuple[Path, dict[str, Any]]:
         "model": dataclasses.asdict(task.model),
         "data": {m: to_jsonable(getattr(task.data, m)) for m in task.modalities},
     }
+    if reads_data(name):  # the public set is the data folder's images no site of this seed holds
+        settings |= {"data_dir": str(Path(data_dir).resolve()), "sites_seed": int(seed)}
     return Path(cache_dir) / "pretrained" / f"{name}-{config_hash(settings)[:12]}", settings
 
 
@@ -89,13 +105,23 @@ def pretrained_model(
     device: str = "auto",
     on_train: Callable[[str], None] | None = None,
     progress=None,
+    data_dir: str | Path | None = None,
+    seed: int = 0,
 ) -> Pretrained:
     """The cached model `value` (`pretrained:NAME`) names for `task`'s model, trained first if needed.
-    `on_train(message)` is called before a training starts; `progress` is train_centralized's hooks."""
+    `on_train(message)` is called before a training starts; `progress` is train_centralized's hooks.
+    `data_dir` and `seed` are the run's: what a public scenario that reads real data needs."""
     check_name(value)
     name = value[len(PREFIX) :]
     _check_fits(name, task)
-    root, settings = cache_root(name, task, cache_dir)
+    if reads_data(name) and not data_dir:
+        from mmfed.data.scenarios import builtin
+
+        raise ConfigError(
+            "data-dir", f"{value} trains on public data read from data-dir: give the folder with "
+            f"{builtin(RECIPES[name].scenario).needs.removeprefix('a folder with ')}",
+        )  # fmt: skip
+    root, settings = cache_root(name, task, cache_dir, data_dir, seed)
     found = _cached(root, settings)
     if found is not None:
         return Pretrained(root / MODEL_FILE, False, found)
@@ -106,7 +132,9 @@ def pretrained_model(
         found = _cached(root, settings)  # another process may have trained it while we waited
         if found is not None:
             return Pretrained(root / MODEL_FILE, False, found)
-        summary = _train(name, task, root, settings, Path(cache_dir), device, on_train, progress)
+        summary = _train(
+            name, task, root, settings, Path(cache_dir), device, on_train, progress, data_dir, seed
+        )
     return Pretrained(root / MODEL_FILE, True, summary)
 
 
@@ -138,7 +166,9 @@ def _check_fits(name: str, task) -> None:
         )
 
 
-def _train(name, task, root, settings, cache_dir, device, on_train, progress) -> dict[str, Any]:
+def _train(
+    name, task, root, settings, cache_dir, device, on_train, progress, data_dir, seed
+) -> dict[str, Any]:
     import os
     import shutil
     import tempfile
@@ -161,7 +191,10 @@ def _train(name, task, root, settings, cache_dir, device, on_train, progress) ->
     # same seconds per epoch, twice the CPU time — which, on a busy machine, other processes then lack)
     torch.set_num_threads(1)
     try:
-        scenario = prepare_scenario(recipe.scenario, cache_dir=cache_dir, seed=recipe.train.seed)
+        if reads_data(name):  # built for the run's seed: the images its sites do not hold
+            scenario = prepare_scenario(recipe.scenario, data_dir=data_dir, cache_dir=cache_dir, seed=seed)
+        else:
+            scenario = prepare_scenario(recipe.scenario, cache_dir=cache_dir, seed=recipe.train.seed)
         run = tmp / "run"
         result = train_centralized(
             scenario,

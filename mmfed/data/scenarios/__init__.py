@@ -5,6 +5,8 @@ modalities, tensor settings: `Scenario.task`, what `mmfed data prepare` writes a
 - `digits-public` (embedded) typeset digits + spoken digits in other voices: public pretraining data that
                no digits-av site holds (what `make run` pretrains on)
 - `fsdd-mnist` (needs --data-dir)  FSDD spoken digits + MNIST images, 6 speaker sites
+- `fsdd-mnist-public` (needs --data-dir) MNIST images no fsdd-mnist site holds + synthetic speech: public
+               pretraining data for fsdd-mnist
 - `covid-cxr`  (needs --data-dir) chest X-ray + clinical note, COVID-19 vs other, regional hospital sites
 - `grid-av`    (needs --data-dir) GRID clips: video + audio + transcript, a smoke test of every modality
 - `synthetic`  generated image/audio/text(/video) data, any number of sites and samples
@@ -67,6 +69,10 @@ BUILTINS = {
         ),
         Builtin(
             "fsdd-mnist", DIGITS, ("image", "audio"), "fsdd_mnist:build_sites",
+            needs="a folder with fsdd/ and mnist/", natural_sites=True,
+        ),
+        Builtin(
+            "fsdd-mnist-public", DIGITS, ("image", "audio"), "fsdd_mnist_public:build_sites",
             needs="a folder with fsdd/ and mnist/", natural_sites=True,
         ),
         Builtin(

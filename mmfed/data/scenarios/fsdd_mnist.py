@@ -80,8 +80,9 @@ def list_recordings(data_dir: Path) -> list[tuple[int, str, int, Path]]:
     return found
 
 
-def _write(root: Path, data_dir: Path, seed: int) -> list[Path]:
-    mnist = load_mnist(data_dir)
+def pairing(mnist, recordings, seed: int, folder: Path) -> list[tuple[int, str, int, Path, str, int]]:
+    """(digit, speaker, index, wav, split, MNIST image index) for every recording: the images the sites
+    hold, for this seed (fsdd-mnist-public takes the rest)."""
     rng = np.random.default_rng(seed)
     # one shuffled pool of image indices per (split, digit); popping guarantees distinct images
     pools: dict[tuple[str, int], list[int]] = {}
@@ -89,15 +90,22 @@ def _write(root: Path, data_dir: Path, seed: int) -> list[Path]:
         for digit in range(10):
             idx = np.flatnonzero(labels == digit)
             pools[(split, digit)] = list(rng.permutation(idx))
-    by_speaker: dict[str, list[dict[str, str]]] = defaultdict(list)
-    for digit, speaker, index, wav in list_recordings(data_dir):
+    pairs = []
+    for digit, speaker, index, wav in recordings:
         split = "test" if index in TEST_INDICES else "train"
         pool = pools[(split, digit)]
         if not pool:
-            raise DataError(
-                f"{data_dir / 'mnist'}: not enough distinct MNIST {split} images of digit {digit}"
-            )
-        image_index = int(pool.pop())
+            raise DataError(f"{folder}: not enough distinct MNIST {split} images of digit {digit}")
+        pairs.append((digit, speaker, index, wav, split, int(pool.pop())))
+    return pairs
+
+
+def _write(root: Path, data_dir: Path, seed: int) -> list[Path]:
+    mnist = load_mnist(data_dir)
+    by_speaker: dict[str, list[dict[str, str]]] = defaultdict(list)
+    for digit, speaker, index, wav, split, image_index in pairing(
+        mnist, list_recordings(data_dir), seed, data_dir / "mnist"
+    ):
         site = root / f"site_{speaker}"
         sample_id = f"{digit}_{speaker}_{index}"
         (site / "audio").mkdir(parents=True, exist_ok=True)
