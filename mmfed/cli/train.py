@@ -47,11 +47,24 @@ def train(
     ] = OnBadRow.fail,
     run_dir: Annotated[Path | None, typer.Option(help="new directory for results [runs/train-...]")] = None,
     cache_dir: CacheOpt = None,
+    target_epsilon: Annotated[
+        float, typer.Option(help="central DP-SGD spending this ε over the whole training (0: no DP)")
+    ] = 0.0,
+    delta: Annotated[float, typer.Option(help="δ of the central DP guarantee")] = 1e-5,
+    max_grad_norm: Annotated[float, typer.Option(help="per-record clipping norm (central DP)")] = 1.0,
+    initial_model: Annotated[
+        Path | None, typer.Option(help="model.safetensors to start from (e.g. trained on public data)")
+    ] = None,
+    freeze_encoders: Annotated[
+        bool, typer.Option(help="train only the fusion and the classifier (with --initial-model)")
+    ] = False,
 ) -> None:
-    """Centralised baseline: pool all sites' data, train, evaluate on the test split."""
+    """Centralised baseline: pool all sites' data, train, evaluate on the test split; with
+    --target-epsilon, central DP-SGD (the reference for a federation under DP)."""
     from mmfed.config import TrainConfig
     from mmfed.data.site_files import check_site_files
     from mmfed.runs import new_run_dir
+    from mmfed.train.central_dp import CentralPrivacy
     from mmfed.train.centralized import check_run_dir, train_centralized
 
     run_dir = run_dir or new_run_dir("train", scenario if not site_dir else "sites")
@@ -68,6 +81,11 @@ def train(
             device=device,
         )
         cfg.validate()  # the options and the run dir first: before any data is read or built
+        privacy = CentralPrivacy(target_epsilon, delta, max_grad_norm) if target_epsilon else None
+        if privacy is not None:
+            privacy.validate()
+        if initial_model is not None and not initial_model.is_file():
+            raise MMFedError(f"--initial-model {initial_model}: not a file; give a model.safetensors")
         check_run_dir(run_dir)
         for site in site_dir or []:
             check_site_files(site)
@@ -87,6 +105,9 @@ def train(
                 on_bad_row=on_bad_row.value,
                 cache_dir=cache_dir,
                 progress=hooks,
+                privacy=privacy,
+                initial_model=initial_model,
+                freeze_encoders=freeze_encoders,
             )
     except (MMFedError, FloatingPointError) as exc:  # FloatingPointError: the loss diverged (fixed text)
         fail(exc)
@@ -94,6 +115,13 @@ def train(
         f"[bold green]test accuracy {summary['test_accuracy']:.2%}[/] on {summary['test_examples']} "
         f"examples after {summary['epochs']} epochs ({summary['seconds']:.0f}s)"
     )
+    if summary.get("private"):
+        console.print(
+            f"central DP-SGD: ε = {summary['epsilon_prv']:.3f} (PRV; RDP {summary['epsilon_rdp']:.3f}) at "
+            f"δ = {summary['delta']:g} for the whole training, σ {summary['noise_multiplier']:.3f}, "
+            f"clipping norm {summary['max_grad_norm']:g}",
+            highlight=False,
+        )
     console.print(
         f"results: {run_dir}/  (config.json, metrics.jsonl, summary.json, model.safetensors)", markup=False
     )
@@ -117,9 +145,17 @@ def _progress():
 
     def on_start(n_epochs: int, batches: int) -> None:
         state["task"] = bar.add_task("train", total=n_epochs * batches, epoch=f"1/{n_epochs}", info="")
-        state["epochs"] = n_epochs
+        state["epochs"], state["batches"] = n_epochs, batches
 
     def on_epoch(epoch: int, row: dict) -> None:
+        if "epsilon_prv" in row:  # central DP: no per-batch progress, no train metrics
+            bar.update(state["task"], completed=epoch * state["batches"], epoch=f"{epoch}/{state['epochs']}")
+            console.print(
+                f"epoch {epoch:>3}  ε so far {row['epsilon_prv']:.3f}  test loss {row['test_loss']:.4f} "
+                f"acc {row['test_accuracy']:7.2%}  {row['seconds']:5.1f}s",
+                highlight=False,
+            )
+            return
         info = f"loss {row['train_loss']:.3f}  test acc {row['test_accuracy']:.2%}"
         bar.update(state["task"], epoch=f"{min(epoch + 1, state['epochs'])}/{state['epochs']}", info=info)
         console.print(

@@ -28,6 +28,7 @@ from mmfed.errors import ConfigError, MMFedError
 from mmfed.models import build_model, count_parameters
 from mmfed.runs import claim_run_dir
 from mmfed.task import ModelSettings, Task
+from mmfed.train.central_dp import CentralPrivacy, train_epochs_private
 from mmfed.train.loop import (
     Metrics,
     evaluate,
@@ -37,6 +38,24 @@ from mmfed.train.loop import (
     select_device,
     train_epoch,
 )
+
+
+@dataclass(frozen=True)
+class Start:
+    """Where the model starts: a checkpoint's weights, and whether its encoders are frozen."""
+
+    initial_model: Path | None = None
+    freeze_encoders: bool = False
+
+    def apply(self, model: torch.nn.Module) -> None:
+        if self.initial_model is not None:
+            from mmfed.checkpoint import load_checkpoint
+
+            load_checkpoint(model, Path(self.initial_model))
+        if self.freeze_encoders:
+            for name, param in model.named_parameters():
+                if name.startswith("encoders."):
+                    param.requires_grad = False
 
 
 @dataclass
@@ -113,16 +132,24 @@ def train_centralized(
     on_bad_row: str = "fail",
     cache_dir: Path | None = None,
     progress: Progress | None = None,
+    privacy: CentralPrivacy | None = None,
+    initial_model: Path | None = None,
+    freeze_encoders: bool = False,
 ) -> dict[str, Any]:
-    """Train on every site's train split pooled; returns the summary (also written to summary.json)."""
+    """Train on every site's train split pooled; returns the summary (also written to summary.json).
+    With `privacy`, central DP-SGD (mmfed.train.central_dp); `initial_model` is a checkpoint to start
+    from, `freeze_encoders` trains only the fusion and the classifier (the federated DP recipe's)."""
     train = train or TrainConfig()
     train.validate()
+    if privacy is not None:
+        privacy.validate()
     progress = progress or Progress()
     task = centralised_task(scenario, scenario.run_modalities(modalities), model_options or {})
     task.model_config().validate()
     run_dir, created = prepare_run_dir(run_dir)
     try:
-        return _train(scenario, run_dir, task, train, on_bad_row, cache_dir, progress)
+        start = Start(initial_model, freeze_encoders)
+        return _train(scenario, run_dir, task, train, on_bad_row, cache_dir, progress, privacy, start)
     except BaseException:  # an error, the loss diverging, Ctrl-C: nothing half-written blocks a retry
         _undo_run_dir(run_dir, created)
         raise
@@ -148,6 +175,8 @@ def _train(
     on_bad_row: str,
     cache_dir: Path | None,
     progress: Progress,
+    privacy: CentralPrivacy | None = None,
+    start: Start | None = None,
 ) -> dict[str, Any]:
     mods, model_cfg = task.modalities, task.model_config()
     device = select_device(train.device)
@@ -162,7 +191,10 @@ def _train(
         make_loader(datasets["val"], collate, 256, False, train.seed) if len(datasets["val"]) else None
     )
 
-    model = build_model(model_cfg).to(device)
+    model = build_model(model_cfg)
+    if start is not None:
+        start.apply(model)
+    model = model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer("adamw", params, train.lr, weight_decay=train.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train.epochs)
@@ -172,9 +204,16 @@ def _train(
     if progress.on_start:
         progress.on_start(train.epochs, len(train_loader))
     started = time.perf_counter()
+    mechanism: dict[str, Any] = {"private": False}
     with (run_dir / "metrics.jsonl").open("w") as log:
-        loaders = (train_loader, test_loader, val_loader)
-        test = train_epochs(model, loaders, optimizer, scheduler, device, train.epochs, log, progress)
+        if privacy is None:
+            loaders = (train_loader, test_loader, val_loader)
+            test = train_epochs(model, loaders, optimizer, scheduler, device, train.epochs, log, progress)
+        else:
+            test, mechanism = train_epochs_private(
+                model, datasets["train"], collate, (test_loader, val_loader), privacy, train, device, log,
+                progress,
+            )  # fmt: skip
 
     summary = {
         "test_accuracy": test.accuracy,
@@ -183,6 +222,7 @@ def _train(
         "epochs": train.epochs,
         "seconds": round(time.perf_counter() - started, 2),
         "run_dir": str(run_dir),
+        **mechanism,
     }
     write_results(run_dir, summary, model, task, scenario.spec)
     return summary
@@ -203,11 +243,11 @@ def write_results(
             "task": task.to_dict(),
             "task_hash": task.approval(),
             "preprocessing": {"deidentify": spec.text.deidentify, "mask_diagnosis": spec.text.mask_diagnosis},
-            "private": False,
+            "private": bool(summary.get("private")),
             "config_hash": config_hash(model_cfg),
             "model": to_jsonable(model_cfg),
             "labels": list(task.labels),
-            **summary,
+            **{k: v for k, v in summary.items() if k != "private"},
         },
     )
 

@@ -109,3 +109,63 @@ def test_default_job_trains_digits_av_end_to_end(digits_av, tmp_path):
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["scenario"] == "digits-av" and config["model"]["fusion"] == "attention"
     assert config["sites"] == [str(s) for s in digits_av.sites]
+
+
+def test_central_dp_spends_its_target_over_the_whole_training(tiny, tmp_path):
+    """`mmfed train --target-epsilon`: σ from the target over every epoch's steps, one history never reset
+    between epochs; the final ε is what dp-accounting's PLD accountant gives for that history too."""
+    from mmfed.audit.epsilon import _google_pld
+    from mmfed.train.central_dp import CentralPrivacy
+
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=3e-3, seed=1)
+    privacy = CentralPrivacy(target_epsilon=2.0, delta=1e-5, max_grad_norm=1.0)
+    summary = train_centralized(tiny, tmp_path / "dp", modalities="image,audio", train=cfg, privacy=privacy)
+    assert summary["private"] is True and summary["noise_multiplier"] > 0.5
+    assert 1.9 <= summary["epsilon_prv"] <= 2.0 + 0.01 and summary["epsilon_rdp"] >= summary["epsilon_prv"]
+    # 64 pooled training records, public size 64, batch 16: q = 1/4, 4 steps an epoch, 12 in all
+    assert (summary["public_examples"], summary["sample_rate"], summary["steps"]) == (64, 0.25, 12)
+    history = [(summary["noise_multiplier"], 0.25, 12)]
+    assert _google_pld(history, 1e-5) == pytest.approx(summary["epsilon_prv"], abs=0.05)
+    rows = [json.loads(line) for line in (tmp_path / "dp" / "metrics.jsonl").read_text().splitlines()]
+    spent = [r["epsilon_prv"] for r in rows]
+    assert spent == sorted(spent) and spent[0] < spent[-1] == summary["epsilon_prv"]  # composed, not reset
+    assert not any(k.startswith("train_") for r in rows for k in r)
+    meta = json.loads((tmp_path / "dp" / "model.json").read_text())
+    assert meta["private"] is True and meta["epsilon_prv"] == summary["epsilon_prv"]
+
+
+def test_central_dp_from_a_model_with_frozen_encoders(tiny, tmp_path):
+    from safetensors.torch import load_file
+
+    from mmfed.train.central_dp import CentralPrivacy
+
+    cfg = TrainConfig(epochs=1, batch_size=16, seed=2)
+    train_centralized(tiny, tmp_path / "public", modalities="image,audio", train=cfg)
+    start = tmp_path / "public" / "model.safetensors"
+    train_centralized(
+        tiny, tmp_path / "dp", modalities="image,audio", train=cfg, initial_model=start,
+        freeze_encoders=True, privacy=CentralPrivacy(target_epsilon=3.0),
+    )  # fmt: skip
+    before, after = load_file(start), load_file(tmp_path / "dp" / "model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("encoders."))
+    assert any(not torch.equal(before[k], after[k]) for k in before if not k.startswith("encoders."))
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--target-epsilon", "-1"), ("--delta", "2"), ("--max-grad-norm", "0")]
+)
+def test_central_dp_options_are_checked_before_any_data_is_read(tmp_path, option, value):
+    args = ["train", "--target-epsilon", "3", option, value, "--run-dir", str(tmp_path / "r")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code != 0 and option in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_train_cli_prints_the_central_epsilon(tiny, tmp_path):
+    site_dirs = [arg for site in tiny.sites for arg in ("--site-dir", str(site))]
+    args = ["train", *site_dirs, "--modalities", "image,audio", "--epochs", "2", "--batch-size", "16",
+            "--target-epsilon", "4", "--run-dir", str(tmp_path / "r")]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "central DP-SGD: ε = 3.9" in result.output or "central DP-SGD: ε = 4.0" in result.output
+    assert "ε so far" in result.output
