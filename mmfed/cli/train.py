@@ -53,7 +53,11 @@ def train(
     delta: Annotated[float, typer.Option(help="δ of the central DP guarantee")] = 1e-5,
     max_grad_norm: Annotated[float, typer.Option(help="per-record clipping norm (central DP)")] = 1.0,
     initial_model: Annotated[
-        Path | None, typer.Option(help="model.safetensors to start from (e.g. trained on public data)")
+        str | None,
+        typer.Option(
+            help="model.safetensors to start from (e.g. trained on public data), or pretrained:NAME "
+            "(pretrained:digits-public, pretrained:fsdd-mnist-public: trained once on public data, cached)"
+        ),
     ] = None,
     freeze_encoders: Annotated[
         bool, typer.Option(help="train only the fusion and the classifier (with --initial-model)")
@@ -66,6 +70,7 @@ def train(
     from mmfed.runs import new_run_dir
     from mmfed.train.central_dp import CentralPrivacy
     from mmfed.train.centralized import check_run_dir, train_centralized
+    from mmfed.train.pretrained import check_name, is_pretrained
 
     run_dir = run_dir or new_run_dir("train", scenario if not site_dir else "sites")
     refuse_protected("--run-dir", run_dir, folder=True, instead="choose another --run-dir")
@@ -84,29 +89,32 @@ def train(
         privacy = CentralPrivacy(target_epsilon, delta, max_grad_norm) if target_epsilon else None
         if privacy is not None:
             privacy.validate()
-        if initial_model is not None and not initial_model.is_file():
+        if initial_model and not is_pretrained(initial_model) and not Path(initial_model).is_file():
             raise MMFedError(f"--initial-model {initial_model}: not a file; give a model.safetensors")
+        check_name(initial_model or "")
         check_run_dir(run_dir)
         for site in site_dir or []:
             check_site_files(site)
         scen = prepared_scenario(scenario, data_dir, cache_dir, site_dir, seed)
+        options = {
+            "fusion": fusion.value,
+            "image_encoder": image_encoder.value,
+            "text_encoder": text_encoder.value,
+        }
+        start = _start(initial_model, scen, modalities, options, data_dir, cache_dir, seed, device)
         bar, hooks = _progress()
         with bar:
             summary = train_centralized(
                 scen,
                 run_dir,
                 modalities=modalities,
-                model_options={
-                    "fusion": fusion.value,
-                    "image_encoder": image_encoder.value,
-                    "text_encoder": text_encoder.value,
-                },
+                model_options=options,
                 train=cfg,
                 on_bad_row=on_bad_row.value,
                 cache_dir=cache_dir,
                 progress=hooks,
                 privacy=privacy,
-                initial_model=initial_model,
+                initial_model=start,
                 freeze_encoders=freeze_encoders,
             )
     except (MMFedError, FloatingPointError) as exc:  # FloatingPointError: the loss diverged (fixed text)
@@ -125,6 +133,27 @@ def train(
     console.print(
         f"results: {run_dir}/  (config.json, metrics.jsonl, summary.json, model.safetensors)", markup=False
     )
+
+
+def _start(initial_model, scen, modalities, options, data_dir, cache_dir, seed, device) -> Path | None:
+    """The model file to start from: `pretrained:NAME` is trained (once, on its public data) for this
+    run's model and cached, like a simulation's initial-model."""
+    from mmfed.train.pretrained import is_pretrained
+
+    if not initial_model:
+        return None
+    if not is_pretrained(initial_model):
+        return Path(initial_model)
+    from mmfed.data.cache import default_cache_dir
+    from mmfed.train.centralized import centralised_task
+    from mmfed.train.pretrained import pretrained_model
+
+    task = centralised_task(scen, scen.run_modalities(modalities), options)
+    found = pretrained_model(
+        initial_model, task, Path(cache_dir) if cache_dir else default_cache_dir(), device=device,
+        on_train=lambda m: console.print(m, markup=False), data_dir=data_dir, seed=seed,
+    )  # fmt: skip
+    return found.path
 
 
 def _progress():

@@ -169,3 +169,11 @@ def test_train_cli_prints_the_central_epsilon(tiny, tmp_path):
     assert result.exit_code == 0, result.output
     assert "central DP-SGD: ε = 3.9" in result.output or "central DP-SGD: ε = 4.0" in result.output
     assert "ε so far" in result.output
+
+
+def test_train_cli_refuses_an_unknown_pretrained_model_before_reading_data(tmp_path):
+    result = CliRunner().invoke(
+        app, ["train", "--initial-model", "pretrained:nope", "--run-dir", str(tmp_path / "r")]
+    )
+    assert result.exit_code != 0 and "pretrained:digits-public" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "r").exists()
