@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from mmfed import files
 from mmfed.errors import MMFedError
+from mmfed.privacy.entry_signatures import canonical, signature_ok, signatures_valid
 from mmfed.privacy.site_keys import key_id
 
 GENESIS = "0" * 64
@@ -57,10 +58,6 @@ REQUIRED_KEYS = set(REQUIRED)
 REQUIRED_TYPES = [(name, (int, float) if kind is float else (kind,)) for name, kind in REQUIRED.items()]
 _fields = operator.itemgetter(*REQUIRED)
 EXACT_TYPES = tuple(REQUIRED.values())
-
-
-def canonical(entry: dict[str, Any]) -> bytes:
-    return json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
 def line_hash(line: bytes) -> str:
@@ -147,18 +144,6 @@ class Problem:
         return f"line {self.line}: {self.message}"
 
 
-def signature_ok(entry: dict[str, Any], public: Ed25519PublicKey) -> bool:
-    body = {k: v for k, v in entry.items() if k != "signature"}
-    try:
-        signature = base64.b64decode(entry["signature"], validate=True)
-        if base64.b64encode(signature).decode() != entry["signature"]:
-            return False  # spare bits set in the last character: another text for the same signature
-        public.verify(signature, canonical(body))
-        return True
-    except (InvalidSignature, ValueError, TypeError):
-        return False
-
-
 def verify(
     lines: list[bytes], public: Ed25519PublicKey, every_signature: bool = False
 ) -> tuple[list[dict[str, Any]], Problem | None]:
@@ -239,22 +224,38 @@ def _signers(
     return signer, None
 
 
-def _signature_problem(signer: list[Ed25519PublicKey], number: int, entry: dict[str, Any]) -> Problem | None:
-    """The problem with the signature of `entry` (line `number`), or None when `signer` signed it."""
+def _signature_problem(
+    signer: list[Ed25519PublicKey], number: int, entry: dict[str, Any], valid: list[bool] | None = None
+) -> Problem | None:
+    """The problem with the signature of `entry` (line `number`), or None when `signer` signed it.
+    `valid`: every entry's `signature_ok`, already computed (`signatures_valid`)."""
     key = signer[number - 1]
-    expected_key = key_id(key)
+    expected_key = _key_id(key)
     if entry["key_id"] != expected_key:
         return Problem(
             number,
             f"entry {entry['index']} is signed by key {entry['key_id']}, not the site's key {expected_key}",
         )
-    if not signature_ok(entry, key):
+    if not (valid[number - 1] if valid is not None else signature_ok(entry, key)):
         return Problem(
             number,
             f"entry {entry['index']}: signature does not verify with the site's key: "
             "the entry was edited or forged",
         )
     return None
+
+
+_key_ids: dict[int, tuple[Ed25519PublicKey, str]] = {}
+
+
+def _key_id(key: Ed25519PublicKey) -> str:
+    """key_id, once per key object (the same few keys sign every entry of a ledger)."""
+    known = _key_ids.get(id(key))
+    if known is None or known[0] is not key:
+        if len(_key_ids) > 1024:
+            _key_ids.clear()
+        known = _key_ids[id(key)] = (key, key_id(key))
+    return known[1]
 
 
 def _chain_problem(
@@ -264,6 +265,7 @@ def _chain_problem(
     every_signature: bool,
 ) -> Problem | None:
     """The first broken index or prev_hash link (and, with `every_signature`, bad signature), or None."""
+    valid = signatures_valid(lines, entries, signer) if every_signature else None
     previous = GENESIS
     for number, (line, entry) in enumerate(zip(lines, entries, strict=True), start=1):
         if entry["index"] != number - 1:
@@ -278,7 +280,9 @@ def _chain_problem(
             )
         if entry["prev_hash"] != previous:
             # name the entry that changed: the one before, unless its own signature still holds
-            before = _signature_problem(signer, number - 1, entries[number - 2]) if number > 1 else None
+            before = (
+                _signature_problem(signer, number - 1, entries[number - 2], valid) if number > 1 else None
+            )
             if before:
                 return before
             return Problem(
@@ -286,7 +290,7 @@ def _chain_problem(
                 f"entry {entry['index']}: prev_hash does not match the entry before it: "
                 "an entry was edited, deleted or reordered",
             )
-        if every_signature and (bad := _signature_problem(signer, number, entry)):
+        if every_signature and (bad := _signature_problem(signer, number, entry, valid)):
             return bad
         previous = line_hash(line)
     return None
