@@ -281,7 +281,8 @@ def test_round_learning_rate_decays_from_lr_to_a_tenth():
 @pytest.mark.parametrize("path", sorted(REPO.glob("simulations/*.toml")), ids=lambda p: p.stem)
 def test_every_scenario_file_is_a_valid_run_config(path):
     cfg = FederationConfig.from_toml(path)
-    assert cfg.scenario == path.stem.removesuffix("-plain") or path.stem == "synthetic-scale"
+    scenario = path.stem.removesuffix("-plain").removesuffix("-private")
+    assert cfg.scenario == scenario or path.stem == "synthetic-scale"
 
 
 def test_the_default_run_is_private_and_secure_and_the_plain_one_is_neither():
