@@ -1,7 +1,8 @@
 """FedAvg over deltas, with every update validated before use and a stop below min-sites.
 
 Sites send `local - global` (encoded per encoder: mmfed.server.codec); the server adds the
-example-weighted mean of the accepted deltas to the global model. An update that fails a check (shape,
+example-weighted mean of the accepted deltas to the global model, folding them into the sum one at a time
+(`streamed_mean`): it never holds every site's update as arrays. An update that fails a check (shape,
 dtype, non-finite, norm bound) is rejected with a reason naming the site, and the round goes on with the
 rest. Fewer usable updates than `min_sites` stops the run (remaining rounds are skipped) with the reason.
 What a site refused or failed is decoded from its result (mmfed.federation.outcome), never from wording.
@@ -31,7 +32,7 @@ from flwr.server.strategy import FedAvg
 
 from mmfed.federation.config import FederationConfig
 from mmfed.federation.outcome import SiteOutcome
-from mmfed.federation.params import check_update, weighted_mean
+from mmfed.federation.params import check_update
 from mmfed.server.codec import EncoderCodec
 from mmfed.server.rounds import Evaluation, FitRound, Release
 
@@ -102,19 +103,17 @@ class DeltaFedAvg(FedAvg):
         if self.stopped:  # a halted SecAgg+ round after the stop reports here too: nothing more to say
             return None, {}
         report = FitRound(self.round_of(server_round))
-        accepted: list[tuple[list[np.ndarray], int]] = []
-        for proxy, res in by_site(results):
-            encoded = self._accept(report, proxy, res)
-            if encoded is not None:
-                accepted.append((encoded, res.num_examples))
+        # each update is decoded to be checked and dropped again: one site's arrays at a time, not all
+        accepted = [res for proxy, res in by_site(results) if self._accept(report, proxy, res)]
         report.rows += failure_rows(report.rnd, failures)
         mean = None
         if len(accepted) >= self.cfg.min_sites:
-            mean = self._decode(report, weighted_mean(accepted), sum(n for _, n in accepted))
+            total = sum(res.num_examples for res in accepted)
+            mean = self._decode(report, streamed_mean(accepted), total)
         return self._step(report, len(accepted), mean)
 
-    def _accept(self, report: FitRound, proxy: ClientProxy, res: FitRes) -> list[np.ndarray] | None:
-        """One site's result: its row in `report`, and its encoded update if the update passes."""
+    def _accept(self, report: FitRound, proxy: ClientProxy, res: FitRes) -> bool:
+        """One site's result: its row in `report`; whether its update passes."""
         rnd = report.rnd
         outcome = SiteOutcome.from_metrics(res.metrics, f"node-{proxy.cid}")
         site = outcome.site
@@ -123,7 +122,7 @@ class DeltaFedAvg(FedAvg):
             log.warning("round %d: site %s %s: %s", rnd, site, outcome.status, outcome.message)
             report.rows.append({**base, "status": outcome.status, "reason": outcome.message,
                                 "code": outcome.code})  # fmt: skip
-            return None
+            return False
         encoded = parameters_to_ndarrays(res.parameters)
         update, problem = self.codec.split(encoded)
         verdict = check_update(update, self.weights, self.cfg.max_update_norm) if update is not None else None
@@ -131,11 +130,11 @@ class DeltaFedAvg(FedAvg):
             reason = problem if verdict is None else verdict.reason
             log.warning("round %d: update from site %s rejected: %s", rnd, site, reason)
             report.rows.append({**base, "status": "rejected", "reason": reason})
-            return None
+            return False
         metrics = {k: v for k, v in res.metrics.items() if k != "site"}
         report.released.append(Release(site, proxy.node_id, metrics))
         report.rows.append({**base, "status": "accepted", "update_norm": verdict.norm, **metrics})
-        return encoded
+        return True
 
     def _decode(self, report: FitRound, mean: list[np.ndarray], total_examples: int) -> list[np.ndarray]:
         delta, report.examples_per_encoder = self.codec.decode(mean, total_examples)
@@ -221,6 +220,28 @@ class DeltaFedAvg(FedAvg):
             sites_eval_failed=len(failures) + declined,
         )
         return self.evaluation.loss, {"accuracy": self.evaluation.accuracy}
+
+
+def streamed_mean(results: list[FitRes]) -> list[np.ndarray]:
+    """`weighted_mean` of the results' encoded updates, each decoded and folded into the float64 sum in
+    turn and then dropped, so the server holds one update as arrays instead of every site's (1,000 sites
+    of a 0.7 MB model: 0.7 GB). The same operations in the same order: the same mean, bit for bit."""
+    total = sum(res.num_examples for res in results)
+    if total <= 0:
+        raise ValueError("no examples behind the updates")
+    out: list[np.ndarray] = []
+    for res in results:
+        _fold(out, res, total)
+    return [a.astype(np.float32) for a in out]
+
+
+def _fold(out: list[np.ndarray], res: FitRes, total: int) -> None:
+    """Add one result's share to `out` (its arrays are gone when this returns)."""
+    arrays = parameters_to_ndarrays(res.parameters)
+    if not out:
+        out.extend(np.zeros(a.shape, dtype=np.float64) for a in arrays)
+    for acc, a in zip(out, arrays, strict=True):
+        acc += a.astype(np.float64) * (res.num_examples / total)
 
 
 def by_site(results: list[tuple[ClientProxy, Any]]) -> list[tuple[ClientProxy, Any]]:
