@@ -210,7 +210,7 @@ def main(sites: int = 100, rounds: int = 1000, repeats: int = 3) -> str:
             "",
             "Where the time goes (cProfile of the default audit, 2026-12-02, before the levers): verifying "
             "100,000 signatures one by one (~75% of the CPU time), serialising each entry again as canonical "
-            "JSON to check its signature over it (~10%), parsing the lines and checking their fields (~10%, "
+            "JSON to check its signature over it (~15%), parsing the lines and checking their fields (~8%, "
             "of which the garbage collector rescanning the growing set of parsed entries about half), "
             "importing dp-accounting's whole package (~1 s of wall time: its PLD and calibration code pulls "
             "in scipy.stats and scipy.signal, which the default audit never uses), dp-accounting's RDP curve "
