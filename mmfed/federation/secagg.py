@@ -6,6 +6,9 @@ SecAgg+ (client mod) multiplies a site's update by examples / max_weight, clips 
 summed weights. A value outside the range would be clipped without anyone noticing, so each site checks
 its scaled update first and, if it does not fit, drops out of the round with a message naming the setting
 to change (secagg-clipping-range or secagg-max-examples). The scale is the run's, known to the server.
+
+The masks come from mmfed's generator (mmfed.federation.masks: ChaCha20 keyed by the whole seed, not
+Flower's 32-bit-seeded RandomState); the workflow announces it in the setup stage and uses it to unmask.
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD
 from flwr.server.workflow.constant import Key as WorkflowKey
 
 from mmfed.errors import MMFedError
+from mmfed.federation import masks
 from mmfed.federation.config import FederationConfig
 
 QUANTIZATION_RANGE = 2**30
@@ -43,10 +48,34 @@ def shares(sites: int) -> tuple[int | float, int | float]:
     return neighbours, neighbours // 2 + 1
 
 
+class _Announcing:
+    """The grid, with the mask generator written into the setup stage's SecAgg+ config."""
+
+    def __init__(self, grid):
+        self._grid = grid
+
+    def __getattr__(self, name):
+        return getattr(self._grid, name)
+
+    def send_and_receive(self, messages, *args, **kwargs):
+        messages = list(messages)
+        for msg in messages:
+            configs = msg.content.config_records.get(RECORD_KEY_CONFIGS)
+            if configs is not None and configs.get(Key.STAGE) == Stage.SETUP:
+                configs[masks.ANNOUNCE_KEY] = masks.GENERATOR
+        return self._grid.send_and_receive(messages, *args, **kwargs)
+
+
 class ReportingSecAggPlus(SecAggPlusWorkflow):
     """When too few sites are left, Flower's SecAgg+ halts the round without calling the strategy, so the
     model silently stays as it was. Here the strategy is handed the round's failures instead: they are
-    logged per site and the run stops with the reason."""
+    logged per site and the run stops with the reason. The round unmasks with mmfed's mask generator,
+    which the setup stage announces (a site refuses any other)."""
+
+    def __call__(self, grid, context) -> None:
+        masks.install()
+        with masks.using():
+            super().__call__(grid, context)
 
     def _report(self, ok: bool, context, state) -> bool:
         if not ok:
@@ -55,7 +84,7 @@ class ReportingSecAggPlus(SecAggPlusWorkflow):
         return ok
 
     def setup_stage(self, grid, context, state) -> bool:
-        return self._report(super().setup_stage(grid, context, state), context, state)
+        return self._report(super().setup_stage(_Announcing(grid), context, state), context, state)
 
     def share_keys_stage(self, grid, context, state) -> bool:
         return self._report(super().share_keys_stage(grid, context, state), context, state)
@@ -68,6 +97,7 @@ class ReportingSecAggPlus(SecAggPlusWorkflow):
 
 
 def workflow(cfg: FederationConfig) -> SecAggPlusWorkflow:
+    masks.install()
     sampled = max(round(cfg.sites * cfg.fraction_fit), 2)
     num_shares, threshold = shares(sampled)
     return ReportingSecAggPlus(

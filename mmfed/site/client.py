@@ -23,9 +23,10 @@ from flwr.app import Context, Message
 from flwr.app.message_type import MessageType
 from flwr.client import ClientApp, NumPyClient
 from flwr.client.mod import secaggplus_mod
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 
 from mmfed.errors import MMFedError
+from mmfed.federation import masks
 from mmfed.federation.config import FederationConfig
 from mmfed.federation.encoder_groups import encode_update
 from mmfed.federation.outcome import SiteOutcome
@@ -61,6 +62,7 @@ FAILURES = {
     "unreachable": "the site's node stopped answering the SuperLink this round (killed, frozen or cut off)",
     "timeout": "the site did not answer within the server's round-timeout-s",
     "internal": "internal error at the site",
+    "secagg-generator": "the server's SecAgg+ mask generator is not the site's; run the same mmfed on both",
 }
 _NO_WORKER: set[str] = set()  # the sockets this process already said no worker serves
 
@@ -107,7 +109,7 @@ class SiteClient(NumPyClient):
 
         refused = isinstance(exc, Refusal)
         code = exc.code if refused else failure_code(exc)
-        sentence = REFUSALS[code] if refused else FAILURES[code]
+        sentence = (REFUSALS.get(code) or FAILURES[code]) if refused else FAILURES[code]
         outcome = SiteOutcome.report(name, "refused" if refused else "failed", code, sentence)
         home = self._home(runtime)
         detail = "".join(traceback.format_exception(exc)) if code == "internal" else str(exc)
@@ -252,11 +254,41 @@ class SiteDropout(MMFedError):
     SiteOutcome (mmfed.federation.outcome), all the server may see."""
 
 
+class MaskGeneratorRefusal(Refusal):
+    """The server announced a SecAgg+ mask generator that is not this site's (or none): masks from two
+    generators do not cancel, and the sum would be garbage that no one could tell from a model."""
+
+    def __init__(self, message: str):
+        super().__init__("secagg-generator", message)
+
+
+def check_mask_generator(configs, name: str) -> None:
+    announced = configs.get(masks.ANNOUNCE_KEY)
+    if announced != masks.GENERATOR:
+        said = f"announces {str(announced)[:60]!r}" if announced is not None else "announces none"
+        raise MaskGeneratorRefusal(
+            f"site {name}: refused the SecAgg+ round: the server {said} as its mask generator, this site "
+            f"uses {masks.GENERATOR!r}; masks from different generators would not cancel in the sum. Run "
+            "the same mmfed at the server and the sites"
+        )
+
+
 def maybe_secaggplus_mod(msg: Message, context: Context, call_next):
     if msg.metadata.message_type == MessageType.TRAIN and RECORD_KEY_CONFIGS in msg.content.config_records:
+        configs = msg.content.config_records[RECORD_KEY_CONFIGS]
+        if configs.get(Key.STAGE) == Stage.SETUP:  # before any key is made
+            node_config = dict(context.node_config)
+            try:
+                check_mask_generator(configs, site_label(node_config))
+            except MaskGeneratorRefusal as exc:
+                client = SiteClient(None, node_config)  # type: ignore[arg-type] # reports need no config
+                outcome = client._report(None, site_label(node_config), exc, stage="secagg-setup")
+                raise SiteDropout(outcome.to_text()) from None
+        masks.install()  # in whichever process serves the message (a Ray actor, flwr-clientapp)
         token = _MASKED.set(True)
         try:
-            return secaggplus_mod(msg, context, call_next)
+            with masks.using():
+                return secaggplus_mod(msg, context, call_next)
         finally:
             _MASKED.reset(token)
     return call_next(msg, context)
