@@ -2,9 +2,10 @@
 settings, its ε lower bound at 95% (mmfed.audit.empirical_bound) against the ε the site's ledger accounts.
 
 The experiment never touches a real site's budget: it runs in a scratch run and state directory, on the
-in-process grid (mmfed.server.local_grid). The canaries are gradient canaries (white-box, for a site's
-own operator: mmfed.audit.gradient_canaries at the DP step). Input (black-box) canaries — mislabelled copies
-of public inputs in the site's data, scored by loss drop — are not built yet (`mode="input"` is refused).
+in-process grid (mmfed.server.local_grid). Two kinds of canaries: gradient canaries (white-box, for a
+site's own operator: mmfed.audit.gradient_canaries at the DP step, scored from each step's privatized sum)
+and input canaries (black-box: mmfed.audit.input_canaries, mislabelled public inputs in the site's training
+data, scored by their loss drop between the initial and the final global model).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from mmfed.audit.empirical_bound import AuditBound, audit_bound
 from mmfed.errors import MMFedError
 from mmfed.federation.config import FederationConfig
 
-MODES = ("gradient",)  # input (black-box) canaries: not built yet
+MODES = ("gradient", "input")
 
 
 @dataclass
@@ -47,14 +48,19 @@ class EmpiricalAudit:
 
     @property
     def violation(self) -> bool:
-        """ε̂ above the accounted ε: the mechanism leaks more than its ledger says (at `confidence`)."""
-        accounted = self.epsilon_accounted if self.epsilon_accounted is not None else 0.0
-        return self.epsilon_lower > accounted
+        """ε̂ above the accounted ε: the mechanism leaks more than its ledger says (at `confidence`). A run
+        without DP claims nothing, so it has nothing to violate."""
+        return self.epsilon_accounted is not None and self.epsilon_lower > self.epsilon_accounted
 
     def verdict(self) -> str:
+        if self.epsilon_accounted is None:
+            return (
+                f"no DP, nothing claimed: ε̂ = {self.epsilon_lower:.3f} at {self.confidence:.0%} is what this "
+                f"design sees without noise (it could show at most {self.power:.3f})"
+            )
         if self.violation:
             return (
-                f"VIOLATION: ε̂ = {self.epsilon_lower:.3f} > accounted ε = {self.epsilon_accounted or 0:.3f} "
+                f"VIOLATION: ε̂ = {self.epsilon_lower:.3f} > accounted ε = {self.epsilon_accounted:.3f} "
                 f"at {self.confidence:.0%} confidence"
             )
         return (
@@ -113,7 +119,7 @@ def run_audit(cfg: FederationConfig, mode: str, **kwargs) -> EmpiricalAudit:
     if mode == "gradient":
         return gradient_audit(cfg, **kwargs)
     if mode == "input":
-        raise MMFedError("--mode input: input (black-box) canaries are not built yet; use --mode gradient")
+        return input_audit(cfg, **kwargs)
     raise MMFedError(f"--mode {mode!r}: use {' or '.join(MODES)}")
 
 
@@ -134,6 +140,8 @@ def gradient_audit(
         with inserted(hook):
             nodes = [{"partition-id": p, "num-partitions": cfg.sites} for p in range(cfg.sites)]
             summary = run_federation(run, node_configs=nodes, quiet=True)
+    if hook.error is not None:
+        raise hook.error
     if not hook.steps:
         raise MMFedError(
             f"site {name} took no DP step in the audit's run; check that it trains (min-sites, cap)"
@@ -141,6 +149,48 @@ def gradient_audit(
     accounted = summary.get("site_epsilon", {}).get(name, {}).get("epsilon_prv")
     bound = audit_bound(hook.scores, hook.included, cfg.delta, beta)
     return result(name, "gradient", bound, hook.included, accounted, cfg, summary, hook.steps, start, fault)
+
+
+def input_audit(
+    cfg: FederationConfig, site: int = 0, canaries: int = 500, beta: float = 0.05, seed=None, fault=None
+) -> EmpiricalAudit:
+    """The black-box experiment: the federation `cfg` with mislabelled public inputs, each in site `site`'s
+    training data by a fair coin, scored by loss drop between the initial and the final global model. Runs
+    with or without DP (without, there is no accounted ε and ε̂ shows what the design can see)."""
+    from mmfed.audit.input_canaries import (
+        InputCanaries,
+        initial_model,
+        label_log_probs,
+        planted,
+        public_pool,
+    )
+    from mmfed.data.cache import default_cache_dir
+    from mmfed.federation.run_task import run_task
+    from mmfed.server.local_grid import run_federation
+    from mmfed.server.prepare import resolve_initial_model
+    from mmfed.use.model_file import load_global_model
+
+    if fault is not None:
+        raise MMFedError("input canaries take no deliberate fault: the positive control is a run without DP")
+    name, _ = audited_site(cfg, site)
+    cfg, _ = resolve_initial_model(cfg)
+    task = run_task(cfg)
+    features = (Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()) / "features"
+    start = time.perf_counter()
+    hook = InputCanaries(canaries, public_pool(cfg, task), len(task.labels), seed=seed)
+    before = label_log_probs(initial_model(cfg, task), hook.samples, task, features)
+    with tempfile.TemporaryDirectory(prefix="mmfed-audit-") as work:
+        run = scratch_config(cfg, Path(work))
+        with planted(hook, site):
+            nodes = [{"partition-id": p, "num-partitions": cfg.sites} for p in range(cfg.sites)]
+            summary = run_federation(run, node_configs=nodes, quiet=True)
+        if not summary.get("rounds_completed"):
+            raise MMFedError("the audit's run completed no round; check that the sites train (min-sites)")
+        after = label_log_probs(load_global_model(run.run_dir).model, hook.samples, task, features)
+    hook.scores = after - before  # the loss drop: how much more likely its (wrong) label became
+    accounted = summary.get("site_epsilon", {}).get(name, {}).get("epsilon_prv") if cfg.private else None
+    bound = audit_bound(hook.scores, hook.included, cfg.delta, beta)
+    return result(name, "input", bound, hook.included, accounted, cfg, summary, 0, start, None)
 
 
 def result(

