@@ -19,79 +19,67 @@ ImageEncoder = StrEnum("ImageEncoder", {name: name for name in IMAGE_ENCODERS})
 TextEncoder = StrEnum("TextEncoder", {name: name for name in TEXT_ENCODERS})
 
 
+SiteDirOpt = Annotated[list[Path] | None, typer.Option(help="train on your own site directory (repeatable)")]
+ModalitiesOpt = Annotated[str | None, typer.Option(help="comma list, e.g. image,audio [all the data has]")]
+TextEncoderOpt = Annotated[TextEncoder, typer.Option(help="bert-small or minilm (pretrained, offline)")]
+ModalityDropoutOpt = Annotated[float, typer.Option(help="chance of hiding one modality of a training sample")]
+OnBadRowOpt = Annotated[OnBadRow, typer.Option(help="fail, or skip bad manifest rows (report in run dir)")]
+TargetEpsilonOpt = Annotated[
+    float, typer.Option(help="central DP-SGD spending this ε over the whole training (0: no DP)")
+]
+InitialModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="model.safetensors to start from (e.g. trained on public data), or pretrained:NAME "
+        "(pretrained:digits-public, pretrained:fsdd-mnist-public: trained once on public data, cached)"
+    ),
+]
+FreezeOpt = Annotated[
+    bool, typer.Option(help="train only the fusion and the classifier (with --initial-model)")
+]
+
+
 def train(
     scenario: ScenarioOpt = "digits-av",
     data_dir: DataDirOpt = None,
-    site_dir: Annotated[
-        list[Path] | None, typer.Option(help="train on your own site directory (repeatable)")
-    ] = None,
-    modalities: Annotated[
-        str | None, typer.Option(help="comma list, e.g. image,audio [all the data has]")
-    ] = None,
+    site_dir: SiteDirOpt = None,
+    modalities: ModalitiesOpt = None,
     fusion: Fusion = Fusion.attention,
     image_encoder: Annotated[ImageEncoder, typer.Option(help="cnn or resnet18")] = ImageEncoder.cnn,
-    text_encoder: Annotated[
-        TextEncoder, typer.Option(help="bert-small or minilm (pretrained, offline)")
-    ] = TextEncoder["bert-small"],
+    text_encoder: TextEncoderOpt = TextEncoder["bert-small"],
     epochs: int = 10,
     batch_size: int = 64,
     lr: float = 2e-3,
     seed: int = 0,
     augment: Annotated[bool, typer.Option(help="audio/image augmentation while training")] = True,
-    modality_dropout: Annotated[
-        float, typer.Option(help="chance of hiding one modality of a training sample")
-    ] = 0.3,
+    modality_dropout: ModalityDropoutOpt = 0.3,
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:N")] = "auto",
-    on_bad_row: Annotated[
-        OnBadRow, typer.Option(help="fail, or skip bad manifest rows (report in run dir)")
-    ] = OnBadRow.fail,
+    on_bad_row: OnBadRowOpt = OnBadRow.fail,
     run_dir: Annotated[Path | None, typer.Option(help="new directory for results [runs/train-...]")] = None,
     cache_dir: CacheOpt = None,
-    target_epsilon: Annotated[
-        float, typer.Option(help="central DP-SGD spending this ε over the whole training (0: no DP)")
-    ] = 0.0,
+    target_epsilon: TargetEpsilonOpt = 0.0,
     delta: Annotated[float, typer.Option(help="δ of the central DP guarantee")] = 1e-5,
     max_grad_norm: Annotated[float, typer.Option(help="per-record clipping norm (central DP)")] = 1.0,
-    initial_model: Annotated[
-        str | None,
-        typer.Option(
-            help="model.safetensors to start from (e.g. trained on public data), or pretrained:NAME "
-            "(pretrained:digits-public, pretrained:fsdd-mnist-public: trained once on public data, cached)"
-        ),
-    ] = None,
-    freeze_encoders: Annotated[
-        bool, typer.Option(help="train only the fusion and the classifier (with --initial-model)")
-    ] = False,
+    initial_model: InitialModelOpt = None,
+    freeze_encoders: FreezeOpt = False,
 ) -> None:
     """Centralised baseline: pool all sites' data, train, evaluate on the test split; with
     --target-epsilon, central DP-SGD (the reference for a federation under DP)."""
     from mmfed.config import TrainConfig
     from mmfed.data.site_files import check_site_files
     from mmfed.runs import new_run_dir
-    from mmfed.train.central_dp import CentralPrivacy
     from mmfed.train.centralized import check_run_dir, train_centralized
-    from mmfed.train.pretrained import check_name, is_pretrained
 
     run_dir = run_dir or new_run_dir("train", scenario if not site_dir else "sites")
     refuse_protected("--run-dir", run_dir, folder=True, instead="choose another --run-dir")
     refuse_cache_dir(cache_dir)
     try:
         cfg = TrainConfig(
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            seed=seed,
-            augment=augment,
-            modality_dropout=modality_dropout,
-            device=device,
-        )
+            epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, augment=augment,
+            modality_dropout=modality_dropout, device=device,
+        )  # fmt: skip
         cfg.validate()  # the options and the run dir first: before any data is read or built
-        privacy = CentralPrivacy(target_epsilon, delta, max_grad_norm) if target_epsilon else None
-        if privacy is not None:
-            privacy.validate()
-        if initial_model and not is_pretrained(initial_model) and not Path(initial_model).is_file():
-            raise MMFedError(f"--initial-model {initial_model}: not a file; give a model.safetensors")
-        check_name(initial_model or "")
+        privacy = _privacy(target_epsilon, delta, max_grad_norm, initial_model)
         check_run_dir(run_dir)
         for site in site_dir or []:
             check_site_files(site)
@@ -124,14 +112,32 @@ def train(
         f"examples after {summary['epochs']} epochs ({summary['seconds']:.0f}s)"
     )
     if summary.get("private"):
-        console.print(
-            f"central DP-SGD: ε = {summary['epsilon_prv']:.3f} (PRV; RDP {summary['epsilon_rdp']:.3f}) at "
-            f"δ = {summary['delta']:g} for the whole training, σ {summary['noise_multiplier']:.3f}, "
-            f"clipping norm {summary['max_grad_norm']:g}",
-            highlight=False,
-        )
+        _print_privacy(summary)
     console.print(
         f"results: {run_dir}/  (config.json, metrics.jsonl, summary.json, model.safetensors)", markup=False
+    )
+
+
+def _privacy(target_epsilon: float, delta: float, max_grad_norm: float, initial_model: str | None):
+    """The central DP settings (None without --target-epsilon) and the start model's name, checked."""
+    from mmfed.train.central_dp import CentralPrivacy
+    from mmfed.train.pretrained import check_name, is_pretrained
+
+    privacy = CentralPrivacy(target_epsilon, delta, max_grad_norm) if target_epsilon else None
+    if privacy is not None:
+        privacy.validate()
+    if initial_model and not is_pretrained(initial_model) and not Path(initial_model).is_file():
+        raise MMFedError(f"--initial-model {initial_model}: not a file; give a model.safetensors")
+    check_name(initial_model or "")
+    return privacy
+
+
+def _print_privacy(summary: dict) -> None:
+    console.print(
+        f"central DP-SGD: ε = {summary['epsilon_prv']:.3f} (PRV; RDP {summary['epsilon_rdp']:.3f}) at "
+        f"δ = {summary['delta']:g} for the whole training, σ {summary['noise_multiplier']:.3f}, "
+        f"clipping norm {summary['max_grad_norm']:g}",
+        highlight=False,
     )
 
 
