@@ -15,9 +15,12 @@ from mmfed.train.centralized import train_centralized
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    return prepare_scenario(
+    scenario = prepare_scenario(
         "synthetic", cache_dir=tmp_path_factory.mktemp("c"), num_sites=2, samples_per_site=40
     )
+    for index in range(len(scenario.sites)):  # synthetic sites are written when first used
+        scenario.site(index)
+    return scenario
 
 
 @pytest.mark.slow  # several seconds: in `make test` (CI), not test-fast
