@@ -113,10 +113,15 @@ def main() -> str:
             "**The price of federation** — the same start, model, ε and mechanism (secret Poisson sampling "
             "and noise, clipping norm 1, PRV accountant over every step) on the pooled 2,700 training records: "
             "`mmfed train --initial-model … --freeze-encoders --target-epsilon ε --batch-size 384 "
-            f"--epochs {ROUNDS} --lr {LR:g}` (sample rate 1/8, 80 steps: each site's geometry, on 6× the "
-            "records, so the noise in the mean gradient is 6× smaller):",
+            f"--epochs {ROUNDS} --lr {LR:g}` (sample rate 1/8, 80 steps: each site's geometry on 6× the "
+            "records, so each step's noise is √6 ≈ 2.4× smaller, relative to the signal, than in the mean "
+            "of 6 sites' noisy updates):",
             "",
             table(["central DP-SGD", "test accuracy", "ε PRV", "ε RDP", "σ", "seconds"], central),
+            "",
+            "Reading it: with the encoders frozen, the public features bound the accuracy more than the noise "
+            "does, so pooling the records buys nothing measurable here; the central and federated rows "
+            "agree within the run-to-run spread of DP runs (about 2 points).",
             "",
             TUNING,
         ]
