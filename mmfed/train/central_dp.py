@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -19,7 +20,7 @@ from typing import Any, TextIO
 import torch
 
 from mmfed.errors import ConfigError
-from mmfed.train.loop import Metrics, evaluate
+from mmfed.train.loop import Metrics, evaluate, seed_everything
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,9 @@ def train_epochs_private(
     from mmfed.train.dp import train_private
 
     test_loader, val_loader = eval_loaders
+    # every random draw of DP training is secret, as at a site: augmentation, modality dropout and model
+    # dropout too (how much of a known stream they use depends on which records were sampled)
+    seed_everything(int.from_bytes(os.urandom(4), "little"))
     geometry = Geometry(rounded_size(len(train_set)), train.batch_size, local_epochs=1)
     sigma = noise_for_target(
         privacy.target_epsilon, privacy.delta, geometry.sample_rate, geometry.steps * train.epochs
