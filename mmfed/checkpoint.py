@@ -37,7 +37,13 @@ def load_checkpoint(model: nn.Module, path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise MMFedError(f"{path}: checkpoint not found")
-    state = load_file(str(path))
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # safetensors' own error type: not a safetensors file, or a truncated one
+        raise MMFedError(
+            f"{path}: not a readable safetensors model ({type(exc).__name__}); give a model.safetensors "
+            "written by mmfed (a run's checkpoints/ or model.safetensors)"
+        ) from None
     mine = model.state_dict()
     missing, unexpected = sorted(set(mine) - set(state)), sorted(set(state) - set(mine))
     reshaped = sorted(k for k in set(mine) & set(state) if tuple(mine[k].shape) != tuple(state[k].shape))

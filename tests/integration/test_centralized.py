@@ -180,3 +180,12 @@ def test_train_cli_refuses_an_unknown_pretrained_model_before_reading_data(tmp_p
     )
     assert result.exit_code != 0 and "pretrained:digits-public" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "r").exists()
+
+
+def test_train_cli_names_an_initial_model_that_is_not_a_model_file(tmp_path):
+    bogus = tmp_path / "notes.txt"
+    bogus.write_text("patient list, not weights\n")
+    args = ["train", "--initial-model", str(bogus), "--epochs", "1", "--run-dir", str(tmp_path / "r")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code != 0 and str(bogus) in result.output and "safetensors" in result.output
+    assert "internal error" not in result.output and "patient list" not in result.output
